@@ -1,0 +1,129 @@
+"""``detector run | weights`` -- the only place that configures logging."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .config import DetectorConfig, load_config
+from .errors import DetectorError
+
+log = logging.getLogger("detector")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--config", type=Path, help="YAML config (see configs/); flags below override it")
+    g.add_argument("--model", help="registry name (default fasterrcnn_resnet50_fpn) or a TorchScript file")
+    g.add_argument(
+        "--weights", help="a .pth file, or 'random' for untrained weights (default: torchvision's COCO weights)"
+    )
+    g.add_argument("--score", type=float, dest="score_threshold", help="minimum score to keep (default 0.5)")
+    g.add_argument("--classes", help="keep only these classes, comma-separated names or ids, e.g. person,car")
+    g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    g.add_argument("--precision", choices=("fp32", "fp16", "bf16"), help="inference precision (default fp32)")
+    g.add_argument("--min-size", type=int, dest="min_size", help="shorter side the model resizes to")
+    g.add_argument("--max-size", type=int, dest="max_size", help="cap on the longer side after resizing")
+    g.add_argument("--offline", action="store_true", help="never download weights")
+
+
+def _config_from(args: argparse.Namespace) -> DetectorConfig:
+    keys = ("model", "weights", "score_threshold", "classes", "device", "precision", "min_size", "max_size")
+    return load_config(args.config, {k: getattr(args, k) for k in keys})
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .models import Detector
+    from .run import DEFAULT_SOURCE, run
+
+    cfg = _config_from(args)
+    if args.max_frames is not None and args.max_frames < 1:
+        raise DetectorError(f"--max-frames must be at least 1, got {args.max_frames}")
+    source = args.source if args.source is not None else DEFAULT_SOURCE
+    detector = Detector.from_config(cfg, progress=not args.quiet)
+    log.info("model %s on %s (%s); input %s", detector.name, detector.device, detector.precision, source)
+    result = run(detector, source, out=args.out, json=args.json, max_frames=args.max_frames, progress=not args.quiet)
+    fps = result.frames / result.seconds if result.seconds > 0 else 0.0
+    print(f"{result.frames} frames, {result.detections} detections, {fps:.2f} frames/s")
+    print(f"annotated: {result.out}")
+    print(f"detections: {result.json}")
+    return 0
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    from .models import MODELS
+    from .models import weights as W
+
+    names = args.names or list(MODELS)
+    for name in names:
+        if name not in MODELS:
+            raise DetectorError(f"unknown model '{name}'; use one of {', '.join(MODELS)}")
+    status = 0
+    for name in names:
+        spec = MODELS[name]
+        local = W.find_local(spec)
+        if args.action == "list":
+            where = str(local) if local else "missing"
+            print(f"{name:28s} {spec.file_name:48s} COCO box mAP {spec.box_map:4.1f}  {where}")
+        elif args.action == "download":
+            path = local or W.download(spec, progress=not args.quiet)
+            W.verify(path)
+            print(f"{name}: {path}")
+        else:  # verify
+            if local is None:
+                print(f"{name}: missing ({spec.file_name}, from {spec.url})")
+                status = 1
+                continue
+            prefix = W.verify(local)
+            print(f"{name}: ok, sha256 starts with {prefix} ({local})")
+    if args.action == "list":
+        dirs = ", ".join(str(d) for d in W.weights_dirs())
+        print(f"searched: {dirs}, {W.hub_checkpoints_dir()}")
+    return status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="detector", description="Real-time object detection with torchvision detectors."
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info logs")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="detect on an image, a folder/glob of images or a video file")
+    p.add_argument("source", nargs="?", help="image, folder, glob or video (default: the embedded demo clip)")
+    p.add_argument("--out", type=Path, help="annotated output: a video/image file, or a folder for image folders")
+    p.add_argument("--json", type=Path, help="JSON Lines detections (default: next to --out)")
+    p.add_argument("--max-frames", type=int, help="stop after N frames")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("weights", help="list, download or verify the registry models' COCO weights")
+    p.add_argument("action", choices=("list", "download", "verify"))
+    p.add_argument("names", nargs="*", help="model names (default: all four)")
+    p.set_defaults(func=cmd_weights)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    if getattr(args, "offline", False):
+        os.environ["DETECTOR_OFFLINE"] = "1"
+    try:
+        return int(args.func(args))
+    except DetectorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

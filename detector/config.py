@@ -1,0 +1,160 @@
+"""Typed, validated detector configuration.
+
+A config is a frozen dataclass. YAML files and command-line overrides go
+through :func:`load_config`, which rejects unknown keys and bad values with a
+one-line :class:`~detector.errors.ConfigError`. The dataclass defaults are
+torchvision's own defaults for the four ResNet-50-FPN models, except the
+score threshold (0.5, a sensible display threshold; evaluation lowers it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+DEVICES_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectorConfig:
+    """Everything needed to build a :class:`~detector.Detector`."""
+
+    model: str = "fasterrcnn_resnet50_fpn"
+    """Registry name (see ``detector.models.MODELS``) or a TorchScript file path."""
+    weights: str | None = None
+    """``None``: torchvision's COCO weights (found or downloaded); a ``.pth`` path; or ``random``."""
+    num_classes: int | None = None
+    """Classes of a custom ``.pth`` (background included); inferred from the file when unset."""
+    class_names: tuple[str, ...] | None = None
+    """Names indexed by label id; COCO's 91-slot names when unset."""
+    min_size: int = 800
+    max_size: int = 1333
+    score_threshold: float = 0.5
+    nms_threshold: float = 0.5
+    max_detections: int = 100
+    rpn_pre_nms_top_n: int = 1000
+    """Faster R-CNN only: proposals kept per level before NMS (test time)."""
+    rpn_post_nms_top_n: int = 1000
+    """Faster R-CNN only: proposals kept after NMS (test time)."""
+    device: str = "auto"
+    precision: str = "fp32"
+    channels_last: bool = False
+    classes: tuple[str, ...] | None = None
+    """Keep only these classes (names or label ids); all when unset."""
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    def replace(self, **changes: Any) -> DetectorConfig:
+        """A copy with ``changes`` applied, coerced and validated like a loaded config."""
+        _check_keys(changes, "replace()")
+        return dataclasses.replace(self, **{k: _coerce(k, v) for k, v in changes.items()})
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(DetectorConfig)}
+
+
+def _validate(cfg: DetectorConfig) -> None:
+    def bad(key: str, why: str) -> ConfigError:
+        return ConfigError(f"config key '{key}' {why}")
+
+    for key in ("min_size", "max_size", "max_detections", "rpn_pre_nms_top_n", "rpn_post_nms_top_n"):
+        value = getattr(cfg, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise bad(key, f"must be a positive integer, got {value!r}")
+    if cfg.min_size > cfg.max_size:
+        raise bad("min_size", f"({cfg.min_size}) must not exceed max_size ({cfg.max_size})")
+    for key in ("score_threshold", "nms_threshold"):
+        value = getattr(cfg, key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise bad(key, f"must be a number in [0, 1], got {value!r}")
+    if cfg.num_classes is not None and (
+        isinstance(cfg.num_classes, bool) or not isinstance(cfg.num_classes, int) or cfg.num_classes < 1
+    ):
+        raise bad("num_classes", f"must be a positive integer, got {cfg.num_classes!r}")
+    if not isinstance(cfg.model, str) or not cfg.model:
+        raise bad("model", "must be a registry name or a TorchScript file path")
+    if cfg.weights is not None and (not isinstance(cfg.weights, str) or not cfg.weights):
+        raise bad("weights", "must be a file path, 'random', or empty for the official weights")
+    if not isinstance(cfg.device, str) or not DEVICES_RE.match(cfg.device):
+        raise bad("device", f"must be auto, cpu, cuda, cuda:N or mps, got {cfg.device!r}")
+    if cfg.precision not in PRECISIONS:
+        raise bad("precision", f"must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
+    if not isinstance(cfg.channels_last, bool):
+        raise bad("channels_last", f"must be true or false, got {cfg.channels_last!r}")
+    for key in ("class_names", "classes"):
+        value = getattr(cfg, key)
+        if value is not None and (
+            not isinstance(value, tuple) or not value or not all(isinstance(v, str) and v for v in value)
+        ):
+            raise bad(key, "must be a non-empty list of names")
+    if cfg.class_names is not None and cfg.num_classes is not None and len(cfg.class_names) != cfg.num_classes:
+        raise bad(
+            "class_names",
+            f"has {len(cfg.class_names)} names but num_classes is {cfg.num_classes}; "
+            "give one name per class, background included",
+        )
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Turn YAML/CLI values into the field's type (lists to tuples, 'a,b' to tuples)."""
+    if key in ("class_names", "classes") and value is not None:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, (list, tuple)):
+            return tuple(str(v) for v in value)
+    if key == "weights" and value is not None and not isinstance(value, str):
+        return str(value)
+    if key in ("score_threshold", "nms_threshold") and type(value) is int:
+        return float(value)
+    return value
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found; pass an existing YAML file (see configs/)")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise ConfigError(f"config file {path} is not valid YAML{line}; fix its syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+    return data
+
+
+def _check_keys(values: Mapping[str, Any], source: str) -> None:
+    for key in values:
+        if key not in FIELDS:
+            close = difflib.get_close_matches(str(key), FIELDS, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(FIELDS)}"
+            raise ConfigError(f"unknown config key '{key}' in {source}; {hint}")
+
+
+def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> DetectorConfig:
+    """Read ``path`` (YAML, optional), apply ``overrides`` (``None`` values are skipped), validate."""
+    values: dict[str, Any] = {}
+    source = "overrides"
+    if path is not None:
+        values.update(_read_yaml(Path(path)))
+        source = str(path)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = value
+    _check_keys(values, source)
+    try:
+        return DetectorConfig(**{k: _coerce(k, v) for k, v in values.items()})
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (in {source})") from None

@@ -1,0 +1,159 @@
+"""Frame sources: a single image, a folder or glob of images, a video file.
+
+Every source is an iterable of :class:`Frame` and a context manager that
+releases its capture in ``finally`` -- also when the consumer stops early.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Literal
+
+import cv2
+import numpy as np
+
+from ..errors import SourceError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jp2", ".pgm", ".ppm"})
+GLOB_CHARS = frozenset("*?[")
+SourceKind = Literal["image", "images", "video"]
+
+
+@dataclass(frozen=True)
+class Frame:
+    index: int
+    """Position in the source (0-based; counts every decoded frame, also skipped ones)."""
+    timestamp: float
+    """Seconds since the start of the source (index / fps for files; 0 for images)."""
+    image: np.ndarray
+    """BGR uint8 (H, W, 3)."""
+    name: str
+    """File name for images, ``<video stem>`` for video frames."""
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    kind: SourceKind
+    path: Path
+    width: int | None
+    height: int | None
+    fps: float | None
+    frame_count: int | None
+
+
+def read_image(path: Path) -> np.ndarray | None:
+    """``cv2.imread`` that also handles non-ASCII paths; None when undecodable."""
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError:
+        return None
+    if data.size == 0:
+        return None
+    return cv2.imdecode(data, cv2.IMREAD_COLOR)
+
+
+class _Source:
+    info: SourceInfo
+
+    def __enter__(self) -> _Source:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release what the source holds; safe to call twice."""
+
+    def __iter__(self) -> Iterator[Frame]:
+        raise NotImplementedError
+
+
+class ImageSource(_Source):
+    """One or more image files, in the given order. Undecodable files in a
+    folder are skipped with a warning; a single undecodable image is an error."""
+
+    def __init__(self, paths: list[Path], origin: Path, kind: SourceKind) -> None:
+        if not paths:
+            raise SourceError(f"no images found at {origin}; give a folder or glob with .jpg/.png files")
+        self.paths = paths
+        first = read_image(paths[0]) if kind == "image" else None
+        if kind == "image" and first is None:
+            raise SourceError(f"cannot decode {paths[0]} as an image; is it a valid image file?")
+        self._first = first
+        h, w = first.shape[:2] if first is not None else (None, None)
+        self.info = SourceInfo(kind, origin, w, h, None, len(paths))
+
+    def __iter__(self) -> Iterator[Frame]:
+        for i, path in enumerate(self.paths):
+            image = self._first if i == 0 and self._first is not None else read_image(path)
+            if image is None:
+                log.warning("skipping %s: not a decodable image", path)
+                continue
+            yield Frame(i, 0.0, image, path.name)
+
+
+class VideoFileSource(_Source):
+    """Every frame of a video file in order (none dropped), optionally strided."""
+
+    def __init__(self, path: Path, *, stride: int = 1) -> None:
+        if stride < 1:
+            raise SourceError(f"stride must be at least 1, got {stride}")
+        self.stride = stride
+        self._cap = cv2.VideoCapture(str(path))
+        try:
+            ok, first = self._cap.read() if self._cap.isOpened() else (False, None)
+            if not ok or first is None:
+                raise SourceError(f"cannot decode {path} as a video or image; is it a media file OpenCV can read?")
+        except BaseException:
+            self._cap.release()
+            raise
+        self._first: np.ndarray | None = first
+        fps = float(self._cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        h, w = first.shape[:2]
+        self.info = SourceInfo("video", path, w, h, fps if fps > 0 else None, count if count > 0 else None)
+
+    def __iter__(self) -> Iterator[Frame]:
+        fps = self.info.fps or 0.0
+        index = 0
+        frame = self._first
+        self._first = None
+        name = self.info.path.stem
+        while frame is not None:
+            if index % self.stride == 0:
+                yield Frame(index, index / fps if fps else 0.0, frame, name)
+            ok, frame = self._cap.read()
+            if not ok:
+                break
+            index += 1
+
+    def close(self) -> None:
+        self._cap.release()
+
+
+def _glob_paths(pattern: str) -> list[Path]:
+    return sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).suffix.lower() in IMAGE_EXTS)
+
+
+def open_source(spec: str | Path, *, stride: int = 1) -> ImageSource | VideoFileSource:
+    """Open an image, a folder or glob of images, or a video file."""
+    text = str(spec)
+    path = Path(text).expanduser()
+    if any(c in text for c in GLOB_CHARS) and not path.exists():
+        return ImageSource(_glob_paths(str(path)), path, "images")
+    if not path.exists():
+        raise SourceError(f"input {path} not found; check the path")
+    if path.is_dir():
+        return ImageSource(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS), path, "images")
+    if path.suffix.lower() in IMAGE_EXTS:
+        return ImageSource([path], path, "image")
+    return VideoFileSource(path, stride=stride)

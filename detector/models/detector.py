@@ -1,0 +1,179 @@
+"""``Detector``: frames in, :class:`~detector.structures.Detections` out.
+
+It accepts OpenCV BGR uint8 frames (H, W, 3) -- also grayscale (H, W) and
+BGRA (H, W, 4) -- or RGB tensors (3, H, W) (float 0..1 or uint8), one or a
+batch. Frames move to the device as uint8 (a quarter of the bytes of float)
+and are converted there. Inference runs under ``torch.inference_mode`` and,
+for bf16/fp16, under autocast. Nothing global is changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Sequence
+from typing import Any, overload
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..categories import COCO_CLASS_NAMES
+from ..config import DetectorConfig
+from ..errors import ConfigError
+from ..structures import Detections
+
+Frame = np.ndarray | torch.Tensor
+AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' asked for but CUDA is not available; use --device cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device '{name}' asked for but MPS is not available; use --device cpu")
+    return device
+
+
+class Detector:
+    """Wraps a torchvision-convention detector (``model(list_of_CHW_RGB_0_1)``).
+
+    ``model`` returns a list of ``{"boxes", "scores", "labels"}`` dicts, or
+    ``(losses, detections)`` as scripted torchvision models do. Score, class
+    and count limits given here are applied after the model's own.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        name: str = "model",
+        class_names: Sequence[str] = COCO_CLASS_NAMES,
+        device: str | torch.device = "cpu",
+        precision: str = "fp32",
+        channels_last: bool = False,
+        score_threshold: float = 0.0,
+        max_detections: int | None = None,
+        classes: Iterable[str | int] | None = None,
+    ) -> None:
+        self.name = name
+        self.class_names = tuple(class_names)
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        if precision not in ("fp32", "fp16", "bf16"):
+            raise ConfigError(f"precision must be fp32, fp16 or bf16, got {precision!r}")
+        if precision == "fp16" and self.device.type != "cuda":
+            raise ConfigError("precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+        self.precision = precision
+        self.score_threshold = score_threshold
+        self.max_detections = max_detections
+        self.keep_labels: np.ndarray | None = None
+        if classes is not None:
+            try:
+                ids = Detections.empty(self.class_names).label_ids(classes)
+            except ValueError as exc:
+                raise ConfigError(f"{exc} in the class filter; use names such as person,car") from None
+            self.keep_labels = np.array(sorted(ids), dtype=np.int64)
+        model = model.to(self.device).eval()
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+
+    @classmethod
+    def from_config(cls, cfg: DetectorConfig, *, progress: bool = True) -> Detector:
+        """Build the model ``cfg`` names, with its weights resolved and loaded."""
+        from .build import build_model
+
+        model, class_names, post = build_model(cfg, progress=progress)
+        return cls(
+            model,
+            name=post.name,
+            class_names=class_names,
+            device=cfg.device,
+            precision=cfg.precision,
+            channels_last=cfg.channels_last,
+            score_threshold=post.score_threshold,
+            max_detections=post.max_detections,
+            classes=cfg.classes,
+        )
+
+    # -- stages ---------------------------------------------------------------
+
+    def _to_tensor(self, frame: Frame) -> torch.Tensor:
+        if isinstance(frame, torch.Tensor):
+            if frame.ndim != 3 or frame.shape[0] != 3:
+                raise ValueError(f"tensor frames must be RGB (3, H, W), got shape {tuple(frame.shape)}")
+            t = frame.to(self.device, non_blocking=True)
+            return t.float().div_(255.0) if t.dtype == torch.uint8 else t.float()
+        if not isinstance(frame, np.ndarray):
+            raise TypeError(f"frames must be numpy arrays or tensors, got {type(frame).__name__}")
+        if frame.dtype != np.uint8:
+            raise ValueError(f"numpy frames must be uint8 BGR, got dtype {frame.dtype}")
+        if frame.ndim == 2:
+            frame = frame[:, :, None]
+        if frame.ndim != 3 or frame.shape[2] not in (1, 3, 4):
+            raise ValueError(f"numpy frames must be (H, W, 3) BGR, got shape {frame.shape}")
+        if any(s < 0 for s in frame.strides):
+            frame = np.ascontiguousarray(frame)
+        t = torch.from_numpy(frame).to(self.device, non_blocking=True).permute(2, 0, 1)
+        t = t.expand(3, -1, -1) if t.shape[0] == 1 else t[[2, 1, 0]]  # BGR(A) -> RGB
+        return t.to(torch.float32).div_(255.0)
+
+    def preprocess(self, frames: Sequence[Frame]) -> list[torch.Tensor]:
+        """Frames to RGB float (3, H, W) tensors in 0..1 on the model's device."""
+        return [self._to_tensor(f) for f in frames]
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        dtype = AUTOCAST_DTYPES.get(self.precision)
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def forward(self, tensors: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """The model on preprocessed tensors; returns its raw per-image dicts."""
+        with torch.inference_mode(), self._autocast():
+            out = self.model(tensors)
+        if isinstance(out, tuple):  # scripted torchvision models return (losses, detections)
+            out = out[1]
+        return list(out)
+
+    def postprocess(self, outputs: list[dict[str, torch.Tensor]]) -> list[Detections]:
+        """Raw dicts to ``Detections`` with this detector's score, class and count limits."""
+        results = []
+        for out in outputs:
+            dets = Detections(
+                out["boxes"].detach().float().cpu().numpy(),
+                out["scores"].detach().float().cpu().numpy(),
+                out["labels"].detach().cpu().numpy(),
+                self.class_names,
+            )
+            keep = dets.scores >= self.score_threshold
+            if self.keep_labels is not None:
+                keep &= np.isin(dets.labels, self.keep_labels)
+            if not keep.all():
+                dets = dets[keep]
+            if self.max_detections is not None and len(dets) > self.max_detections:
+                dets = dets[np.argsort(-dets.scores, kind="stable")[: self.max_detections]]
+            results.append(dets)
+        return results
+
+    # -- one call -------------------------------------------------------------
+
+    @overload
+    def __call__(self, frames: Frame) -> Detections: ...
+    @overload
+    def __call__(self, frames: Sequence[Frame]) -> list[Detections]: ...
+
+    def __call__(self, frames: Frame | Sequence[Frame]) -> Detections | list[Detections]:
+        """Detect in one frame (returns ``Detections``) or a batch (returns a list).
+
+        A 4-D numpy array (B, H, W, 3) or tensor (B, 3, H, W) is a batch.
+        """
+        single = isinstance(frames, (np.ndarray, torch.Tensor)) and frames.ndim in (2, 3)
+        batch: Sequence[Frame] = [frames] if single else list(frames)  # type: ignore[list-item,arg-type]
+        results = self.postprocess(self.forward(self.preprocess(batch))) if batch else []
+        return results[0] if single else results
+
+    def __repr__(self) -> str:
+        return f"Detector(name={self.name!r}, device={self.device}, precision={self.precision})"
