@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,16 +38,23 @@ def _config_from(args: argparse.Namespace) -> DetectorConfig:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .io.sources import open_source
     from .models import Detector
-    from .run import DEFAULT_SOURCE, run
+    from .run import DEFAULT_SOURCE, plan_outputs, run
 
     cfg = _config_from(args)
     if args.max_frames is not None and args.max_frames < 1:
         raise DetectorError(f"--max-frames must be at least 1, got {args.max_frames}")
-    source = args.source if args.source is not None else DEFAULT_SOURCE
-    detector = Detector.from_config(cfg, progress=not args.quiet)
-    log.info("model %s on %s (%s); input %s", detector.name, detector.device, detector.precision, source)
-    result = run(detector, source, out=args.out, json=args.json, max_frames=args.max_frames, progress=not args.quiet)
+    # Check input and outputs before the (slow) model load, so mistakes fail fast.
+    source = open_source(args.source if args.source is not None else DEFAULT_SOURCE)
+    try:
+        out, json_path = plan_outputs(source, args.out, args.json)
+        detector = Detector.from_config(cfg, progress=not args.quiet)
+    except BaseException:
+        source.close()
+        raise
+    log.info("model %s on %s (%s); input %s", detector.name, detector.device, detector.precision, source.info.path)
+    result = run(detector, source, out=out, json=json_path, max_frames=args.max_frames, progress=not args.quiet)
     fps = result.frames / result.seconds if result.seconds > 0 else 0.0
     print(f"{result.frames} frames, {result.detections} detections, {fps:.2f} frames/s")
     print(f"annotated: {result.out}")
@@ -109,10 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # torch's C++ deprecation notices (e.g. from int8 TorchScript models) are not the user's to fix;
+    # this only takes effect when torch is not imported yet, as in the console script.
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
+    # Library noise a user can do nothing about (raised inside torchvision/TorchScript models).
+    warnings.filterwarnings("ignore", message=r"torch\.meshgrid", category=UserWarning)
     if getattr(args, "offline", False):
         os.environ["DETECTOR_OFFLINE"] = "1"
     try:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .io.sinks import ImageSink, JsonlSink, VideoFileSink, prepare_output
+from .errors import SinkError
+from .io.sinks import VIDEO_FOURCC, ImageSink, JsonlSink, VideoFileSink, prepare_output
 from .io.sources import ImageSource, VideoFileSource, open_source
 from .models import Detector
 from .render import annotate
@@ -28,7 +29,9 @@ class RunResult:
     seconds: float
 
 
-def default_outputs(source: ImageSource | VideoFileSource, out: Path | None, json: Path | None) -> tuple[Path, Path]:
+def plan_outputs(source: ImageSource | VideoFileSource, out: Path | None, json: Path | None) -> tuple[Path, Path]:
+    """The annotated-media and JSON Lines paths (defaults under ./runs/), checked and with
+    their folders created; raises ``SinkError`` for unusable paths or ones naming an input."""
     info = source.info
     if out is None:
         if info.kind == "video":
@@ -39,27 +42,30 @@ def default_outputs(source: ImageSource | VideoFileSource, out: Path | None, jso
             out = DEFAULT_OUT_DIR / (info.path.name.strip("*?[]") or "images")
     if json is None:
         json = out.with_suffix(".jsonl") if out.suffix else out.with_name(out.name + ".jsonl")
-    return out, json
+    inputs = tuple(source.paths) if isinstance(source, ImageSource) else (info.path,)
+    if info.kind == "video" and out.suffix.lower() not in VIDEO_FOURCC:
+        raise SinkError(f"cannot write video {out}: use one of {', '.join(VIDEO_FOURCC)} as the extension")
+    return prepare_output(out, inputs), prepare_output(json, inputs)
 
 
 def run(
     detector: Detector,
-    source_spec: str | Path = DEFAULT_SOURCE,
+    source: str | Path | ImageSource | VideoFileSource = DEFAULT_SOURCE,
     *,
     out: Path | None = None,
     json: Path | None = None,
     max_frames: int | None = None,
     progress: bool = True,
 ) -> RunResult:
-    """Run ``detector`` over a source and write the annotated media and JSON Lines."""
+    """Run ``detector`` over a source (a spec or an opened source, which this closes)
+    and write the annotated media and JSON Lines."""
     start = time.perf_counter()
     n_frames = n_dets = 0
-    with open_source(source_spec) as source:
+    if not isinstance(source, (ImageSource, VideoFileSource)):
+        source = open_source(source)
+    with source:
         info = source.info
-        out, json = default_outputs(source, out, json)
-        inputs = tuple(getattr(source, "paths", [info.path]))
-        prepare_output(out, inputs)
-        prepare_output(json, inputs)
+        out, json = plan_outputs(source, out, json)
         total = info.frame_count if max_frames is None else min(max_frames, info.frame_count or max_frames)
         with JsonlSink(json) as jsonl:
             media: VideoFileSink | ImageSink

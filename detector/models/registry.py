@@ -30,11 +30,16 @@ class ModelSpec:
     name: str
     family: Family
     builder: Callable[..., nn.Module]
-    weights: WeightsEnum
+    url: str
+    """Where torchvision publishes the COCO weights; the file name carries a sha256 prefix."""
+    box_map: float
+    """torchvision's published COCO val2017 box mAP for those weights."""
 
-    @property
-    def url(self) -> str:
-        return str(self.weights.url)
+    @classmethod
+    def from_weights(
+        cls, name: str, family: Family, builder: Callable[..., nn.Module], weights: WeightsEnum
+    ) -> ModelSpec:
+        return cls(name, family, builder, str(weights.url), float(weights.meta["_metrics"]["COCO-val2017"]["box_map"]))
 
     @property
     def file_name(self) -> str:
@@ -43,12 +48,9 @@ class ModelSpec:
     @property
     def sha256_prefix(self) -> str:
         match = HASH_RE.search(self.file_name)
-        assert match, self.file_name
+        if match is None:
+            raise ValueError(f"{self.file_name} carries no sha256 prefix")
         return match.group(1)
-
-    @property
-    def box_map(self) -> float:
-        return float(self.weights.meta["_metrics"]["COCO-val2017"]["box_map"])
 
     def build_kwargs(self, cfg: DetectorConfig, num_classes: int) -> dict[str, Any]:
         """Keyword arguments for the torchvision builder that realise ``cfg``."""
@@ -91,19 +93,19 @@ class ModelSpec:
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
-        ModelSpec(
+        ModelSpec.from_weights(
             "fasterrcnn_resnet50_fpn", "faster_rcnn", tvd.fasterrcnn_resnet50_fpn,
             tvd.FasterRCNN_ResNet50_FPN_Weights.COCO_V1,
         ),
-        ModelSpec(
+        ModelSpec.from_weights(
             "fasterrcnn_resnet50_fpn_v2", "faster_rcnn", tvd.fasterrcnn_resnet50_fpn_v2,
             tvd.FasterRCNN_ResNet50_FPN_V2_Weights.COCO_V1,
         ),
-        ModelSpec(
+        ModelSpec.from_weights(
             "retinanet_resnet50_fpn", "retinanet", tvd.retinanet_resnet50_fpn,
             tvd.RetinaNet_ResNet50_FPN_Weights.COCO_V1,
         ),
-        ModelSpec(
+        ModelSpec.from_weights(
             "retinanet_resnet50_fpn_v2", "retinanet", tvd.retinanet_resnet50_fpn_v2,
             tvd.RetinaNet_ResNet50_FPN_V2_Weights.COCO_V1,
         ),

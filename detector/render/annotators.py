@@ -42,7 +42,7 @@ def _draw_order(detections: Detections) -> np.ndarray:
 
 @dataclass
 class BoxAnnotator:
-    """Box outlines in the class colour."""
+    """Box outlines in the class colour (axis-aligned at whole pixels: no antialiasing needed)."""
 
     thickness: int | None = None
 
@@ -51,7 +51,7 @@ class BoxAnnotator:
         boxes = np.round(detections.boxes).astype(np.int32)
         for i in _draw_order(detections):
             x1, y1, x2, y2 = (int(v) for v in boxes[i])
-            cv2.rectangle(frame, (x1, y1), (x2, y2), class_color(int(detections.labels[i])), t, cv2.LINE_AA)
+            cv2.rectangle(frame, (x1, y1), (x2, y2), class_color(int(detections.labels[i])), t, cv2.LINE_8)
         return frame
 
 

@@ -1,0 +1,79 @@
+"""Shared fixtures. Tests that need ../shared fail (never skip) when it is missing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from detector import Detector, load_config
+from detector.config import DetectorConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+VIDEO = SHARED / "data" / "video" / "vtest.avi"
+COCO_MINI = SHARED / "data" / "coco-mini"
+TORCHSCRIPT = SHARED / "models" / "d2go_faster_rcnn_fbnetv3a_c4_coco_int8.torchscript.pt"
+REGISTRY = (
+    "fasterrcnn_resnet50_fpn",
+    "fasterrcnn_resnet50_fpn_v2",
+    "retinanet_resnet50_fpn",
+    "retinanet_resnet50_fpn_v2",
+)
+
+
+def need(path: Path) -> Path:
+    if not path.exists():
+        pytest.fail(f"test asset {path} is missing: the tests need ../shared beside the checkout", pytrace=False)
+    return path
+
+
+def tiny_config(model: str, **overrides: object) -> DetectorConfig:
+    """Random weights, small inputs, CPU: fast enough for a 2-core machine."""
+    values = {"model": model, "weights": "random", "min_size": 128, "max_size": 160, "device": "cpu"}
+    values.update(overrides)
+    return load_config(None, values)
+
+
+def read_frames(path: Path, indices: list[int]) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(need(path)))
+    frames, i = [], 0
+    try:
+        while i <= max(indices):
+            ok, frame = cap.read()
+            assert ok, f"{path} ended before frame {i}"
+            if i in indices:
+                frames.append(frame)
+            i += 1
+    finally:
+        cap.release()
+    return frames
+
+
+@pytest.fixture(scope="session")
+def video_frames() -> list[np.ndarray]:
+    """Frames 0, 100 and 200 of the real pedestrian clip (768x576 BGR)."""
+    return read_frames(VIDEO, [0, 100, 200])
+
+
+@pytest.fixture(scope="session")
+def small_frame(video_frames: list[np.ndarray]) -> np.ndarray:
+    return cv2.resize(video_frames[0], (160, 120), interpolation=cv2.INTER_AREA)
+
+
+@pytest.fixture(scope="session")
+def torchscript_detector() -> Detector:
+    return Detector.from_config(load_config(None, {"model": str(need(TORCHSCRIPT)), "device": "cpu"}))
+
+
+@pytest.fixture(autouse=True)
+def _isolate_weights(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No test downloads or reads the user's real caches."""
+    monkeypatch.setenv("DETECTOR_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setenv("DETECTOR_WEIGHTS_DIR", str(tmp_path / "no_weights_here"))
+    monkeypatch.delenv("DETECTOR_WEIGHTS_MIRROR", raising=False)
+    torch.manual_seed(0)
