@@ -110,3 +110,8 @@ def test_config_is_frozen_and_replace_validates() -> None:
 def test_class_names_must_match_num_classes() -> None:
     with pytest.raises(ConfigError, match="num_classes is 3"):
         load_config(None, {"num_classes": 3, "class_names": ["bg", "cat"]})
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path: Path) -> None:
+    assert load_config(path).model in MODELS
