@@ -13,11 +13,10 @@ from __future__ import annotations
 import argparse
 
 import torch
+from common import machine, median, p95, real_frame, time_ms
 
 from detector import Detector, load_config
 from detector.models import MODELS
-
-from common import machine, median, p95, real_frame, time_ms
 
 VARIANTS = {
     "fp32": {},
