@@ -1,4 +1,4 @@
-"""``detector run | weights`` -- the only place that configures logging."""
+"""``detector run | eval | weights`` -- the only place that configures logging."""
 
 from __future__ import annotations
 
@@ -94,6 +94,73 @@ def cmd_weights(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .eval import CocoEvaluator, load_dataset
+    from .eval.dataset import DatasetError
+    from .eval.evaluator import EvalReport
+    from .eval.report import console_table, write_outputs
+    from .eval.scoring import score_results_file
+
+    if args.images is None and args.results is None:
+        raise DatasetError("give --images DIR to run a model, or --results FILE.json to score existing detections")
+    if args.batch_size < 1:
+        raise DatasetError(f"--batch-size must be at least 1, got {args.batch_size}")
+    dataset = load_dataset(args.annotations, args.images if args.results is None else None, args.limit)
+    if args.results is not None:
+        scores = score_results_file(dataset.coco, args.results, dataset.image_ids, args.backend)
+        report = EvalReport(scores, args.results.name, len(dataset))
+        return _finish_eval(args, report, console_table, write_outputs, write_results=False)
+    import torch.distributed as dist
+
+    from .models import Detector
+
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    overrides = {}
+    if args.score_threshold is None and args.config is None:
+        # torchvision scores its COCO models at 0.05; a TorchScript model's own threshold stands
+        overrides["score_threshold"] = 0.05 if (args.model or "fasterrcnn_resnet50_fpn") in _registry() else 0.0
+    cfg = _config_from(args).replace(**overrides) if overrides else _config_from(args)
+    if distributed:
+        import torch
+
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        use_cuda = cfg.device in ("auto", "cuda") and torch.cuda.is_available()
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+            cfg = cfg.replace(device=f"cuda:{local_rank}")
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    try:
+        detector = Detector.from_config(cfg, progress=not args.quiet)
+        evaluator = CocoEvaluator(dataset, class_names=detector.class_names, backend=args.backend)
+        report = evaluator.evaluate(detector, batch_size=args.batch_size, progress=not args.quiet)
+        if distributed and dist.get_rank() != 0:
+            return 0
+        return _finish_eval(args, report, console_table, write_outputs, write_results=True)
+    finally:
+        if distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _registry() -> set[str]:
+    from .models import MODELS
+
+    return set(MODELS)
+
+
+def _finish_eval(args, report, console_table, write_outputs, *, write_results: bool) -> int:  # noqa: ANN001
+    print(report.scores.summary.rstrip())
+    print(console_table(report.scores))
+    if report.speed is not None:
+        sp = report.speed.as_dict()
+        print(
+            f"speed: model {sp['model_ms_per_image']:.1f} ms/image, total {sp['total_ms_per_image']:.1f} ms/image, "
+            f"{sp['images_per_second']:.2f} images/s; scoring {report.scores.seconds:.2f} s ({report.scores.backend})"
+        )
+    written = write_outputs(report, args.out, write_results=write_results)
+    print(f"wrote {', '.join(str(p) for p in written)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="detector", description="Real-time object detection with torchvision detectors."
@@ -108,6 +175,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, help="stop after N frames")
     _add_model_args(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("eval", help="COCO evaluation of a model, or of an existing results file")
+    p.add_argument("--annotations", type=Path, required=True, help="COCO-format ground truth (instances_*.json)")
+    p.add_argument("--images", type=Path, help="folder of the dataset's images (to run a model)")
+    p.add_argument("--results", type=Path, help="score this COCO results file instead of running a model")
+    p.add_argument("--out", type=Path, default=Path("runs/eval"), help="output folder (default runs/eval)")
+    p.add_argument("--limit", type=int, help="evaluate only the first N images (by id)")
+    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default 1)")
+    p.add_argument("--backend", choices=("pycocotools", "faster-coco-eval"), default="pycocotools",
+                   help="scoring implementation (default: the official pycocotools)")  # fmt: skip
+    _add_model_args(p)
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("weights", help="list, download or verify the registry models' COCO weights")
     p.add_argument("action", choices=("list", "download", "verify"))

@@ -80,14 +80,10 @@ class Detections:
         maps labels to COCO ids for models whose labels are not COCO ids already."""
         xywh = self.boxes.astype(np.float64)
         xywh[:, 2:] -= xywh[:, :2]
+        labels = self.labels if category_ids is None else np.asarray(category_ids)[self.labels]
         return [
-            {
-                "image_id": int(image_id),
-                "category_id": int(category_ids[label] if category_ids is not None else label),
-                "bbox": [float(v) for v in box],
-                "score": float(score),
-            }
-            for box, score, label in zip(xywh, self.scores, self.labels, strict=True)
+            {"image_id": int(image_id), "category_id": c, "bbox": box, "score": s}
+            for box, s, c in zip(xywh.tolist(), self.scores.tolist(), labels.tolist(), strict=True)
         ]
 
     def to_dict(self) -> list[dict[str, Any]]:

@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # One-time set-up on a fresh machine: a virtual environment in .venv with torch,
 # torchvision (PyPI builds; they run on CPU too) and this package in editable
-# mode with its dev extras. Safe to run again: it only installs what is missing.
+# mode with its dev extras. Safe to run again: pip skips what is installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+NOISE="is ignored: it is neither a file nor a directory"  # this machine's pip config lists absent local indexes
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
-if ! .venv/bin/python -c "import detector, torch, torchvision, cv2, pycocotools, pytest" 2>/dev/null; then
+if ! .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
     # torch and torchvision in one command so pip picks a matching pair.
-    .venv/bin/python -m pip install --quiet torch torchvision
-    .venv/bin/python -m pip install --quiet -e ".[dev]"
+    .venv/bin/python -m pip install --quiet torch torchvision 2> >(grep -v "$NOISE" >&2)
 fi
+.venv/bin/python -m pip install --quiet -e ".[dev]" 2> >(grep -v "$NOISE" >&2)
 .venv/bin/python -c "import torch, torchvision; print(f'torch {torch.__version__}, torchvision {torchvision.__version__}')"

@@ -55,3 +55,15 @@ def test_matches_coco_ground_truth(torchscript_detector: Detector, coco_gt: dict
             hits += any(iou(box, g) >= 0.5 for g in gt_boxes)
     assert total >= 20, f"too few confident detections ({total}) on 12 COCO images"
     assert hits / total >= 0.45, f"only {hits}/{total} confident detections match ground truth"
+
+
+def test_batches_work_with_a_one_image_per_call_model(
+    torchscript_detector: Detector, video_frames: list[np.ndarray]
+) -> None:
+    """The D2Go TorchScript export answers one image per call; batches still give one result per frame."""
+    batch = torchscript_detector(video_frames[:2])
+    singles = [torchscript_detector(f) for f in video_frames[:2]]
+    assert len(batch) == 2
+    for b, s in zip(batch, singles, strict=True):
+        np.testing.assert_array_equal(b.boxes, s.boxes)
+        np.testing.assert_array_equal(b.labels, s.labels)

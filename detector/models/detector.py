@@ -79,6 +79,7 @@ class Detector:
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
+        self._batches = True  # cleared if the model turns out to take one image per call
 
     @classmethod
     def from_config(cls, cfg: DetectorConfig, *, progress: bool = True) -> Detector:
@@ -131,7 +132,23 @@ class Detector:
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     def forward(self, tensors: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        """The model on preprocessed tensors; returns its raw per-image dicts."""
+        """The model on preprocessed tensors; returns its raw per-image dicts.
+
+        Some exported models handle one image per call (the D2Go TorchScript
+        model returns one result for a list of two): when a batch comes back
+        short, this runs the images one by one, and does so from then on.
+        """
+        if len(tensors) > 1 and not self._batches:
+            return [self._call([t])[0] for t in tensors]
+        out = self._call(tensors)
+        if len(out) != len(tensors):
+            if len(tensors) == 1:
+                raise RuntimeError(f"{self.name} returned {len(out)} results for one image")
+            self._batches = False
+            return [self._call([t])[0] for t in tensors]
+        return out
+
+    def _call(self, tensors: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         with torch.inference_mode(), self._autocast():
             out = self.model(tensors)
         if isinstance(out, tuple):  # scripted torchvision models return (losses, detections)

@@ -1,0 +1,204 @@
+"""``CocoEvaluator``: ``reset / process / evaluate``, for training loops and for ``detector eval``.
+
+``evaluate(detector, dataset)`` runs a detector over every image itself. When
+``torch.distributed`` is initialised (e.g. under ``torchrun``), each process
+takes every ``world_size``-th image and rank 0 gathers all results and scores.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from ..categories import UNUSED_NAMES
+from ..io.sources import read_image
+from ..models import Detector
+from ..structures import Detections
+from .dataset import CocoDataset, DatasetError
+from .scoring import Scores, score
+
+
+def category_map(class_names: Sequence[str], dataset_names: dict[int, str]) -> np.ndarray:
+    """``map[label]`` = the dataset's category id of the class with that name, or -1.
+
+    Matching by name serves COCO models on COCO (label == category id) and
+    custom models with contiguous labels alike.
+    """
+    by_name: dict[str, int] = {}
+    for cat_id, name in sorted(dataset_names.items()):
+        by_name.setdefault(name, cat_id)
+    mapping = np.array([by_name.get(name, -1) for name in class_names], dtype=np.int64)
+    used = [n for n in class_names if n not in UNUSED_NAMES]
+    if used and (mapping >= 0).sum() == 0:
+        raise DatasetError(
+            f"none of the model's classes ({', '.join(used[:4])}, ...) are categories of the dataset "
+            f"({', '.join(list(by_name)[:4])}, ...); set class_names to the dataset's category names"
+        )
+    return mapping
+
+
+@dataclass
+class Speed:
+    images: int = 0
+    model_seconds: float = 0.0
+    total_seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        n = max(self.images, 1)
+        return {
+            "model_ms_per_image": 1000 * self.model_seconds / n,
+            "total_ms_per_image": 1000 * self.total_seconds / n,
+            "images_per_second": self.images / self.total_seconds if self.total_seconds > 0 else 0.0,
+        }
+
+
+@dataclass
+class EvalReport:
+    scores: Scores
+    model: str
+    images: int
+    speed: Speed | None = None
+    results: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return self.scores.metrics
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.scores.metrics,
+            "per_class": {c.name: c.ap for c in self.scores.per_class},
+            "model": self.model,
+            "images": self.images,
+            "backend": self.scores.backend,
+            "speed": {**(self.speed.as_dict() if self.speed else {}), "scoring_seconds": self.scores.seconds},
+        }
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class CocoEvaluator:
+    """Collects detections per image and scores them against a COCO dataset."""
+
+    def __init__(self, dataset: CocoDataset, *, class_names: Sequence[str] | None = None,
+                 backend: str = "pycocotools") -> None:  # fmt: skip
+        self.dataset = dataset
+        self.backend = backend
+        self._map = category_map(class_names, dataset.category_names) if class_names is not None else None
+        self.results: list[dict[str, Any]] = []
+        self.model_name = "results"
+
+    def reset(self) -> None:
+        self.results = []
+
+    def process(self, image_ids: Sequence[int], detections: Sequence[Detections]) -> None:
+        """Add one batch: ``detections[i]`` belongs to ``image_ids[i]``."""
+        if len(image_ids) != len(detections):
+            raise ValueError(f"{len(image_ids)} image ids for {len(detections)} detections")
+        for image_id, dets in zip(image_ids, detections, strict=True):
+            if self._map is None:
+                self._map = category_map(dets.class_names, self.dataset.category_names)
+            in_range = (dets.labels >= 0) & (dets.labels < len(self._map))
+            mapped = np.where(in_range, self._map[np.clip(dets.labels, 0, len(self._map) - 1)], -1)
+            keep = mapped >= 0
+            self.results.extend(dets[keep].to_coco(image_id, category_ids=self._map))
+
+    def _load(self, image_ids: Sequence[int]) -> list[np.ndarray]:
+        images = []
+        for image_id in image_ids:
+            image = read_image(self.dataset.image_path(image_id))
+            if image is None:
+                raise DatasetError(f"cannot decode image {self.dataset.image_path(image_id)}; replace or remove it")
+            images.append(image)
+        return images
+
+    def run(self, detector: Detector, *, batch_size: int = 1, progress: bool = True) -> Speed:
+        """Detect on this process's share of the images and ``process`` the results.
+
+        The next batch is decoded in a helper thread while the model runs on
+        this one (OpenCV releases the GIL while decoding).
+        """
+        rank, world = _world()
+        ids = self.dataset.image_ids[rank::world]
+        batches = [ids[i : i + batch_size] for i in range(0, len(ids), batch_size)]
+        speed = Speed()
+        self.model_name = detector.name
+        cuda = detector.device.type == "cuda"
+        start = time.perf_counter()
+        with (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool,
+            tqdm(total=len(ids), unit="img", disable=not progress or rank != 0, leave=False) as bar,
+        ):
+            pending = pool.submit(self._load, batches[0]) if batches else None
+            for j, batch in enumerate(batches):
+                assert pending is not None
+                images = pending.result()
+                pending = pool.submit(self._load, batches[j + 1]) if j + 1 < len(batches) else None
+                tensors = detector.preprocess(images)
+                if cuda:
+                    torch.cuda.synchronize(detector.device)
+                t0 = time.perf_counter()
+                outputs = detector.forward(tensors)
+                if cuda:
+                    torch.cuda.synchronize(detector.device)
+                speed.model_seconds += time.perf_counter() - t0
+                self.process(batch, detector.postprocess(outputs))
+                speed.images += len(batch)
+                bar.update(len(batch))
+        speed.total_seconds = time.perf_counter() - start
+        return speed
+
+    def gather(self) -> None:
+        """Under torch.distributed, give every process all results (in single-process order)."""
+        _, world = _world()
+        if world == 1:
+            return
+        parts: list[list[dict[str, Any]] | None] = [None] * world
+        dist.all_gather_object(parts, self.results)
+        order = {img: i for i, img in enumerate(self.dataset.image_ids)}
+        merged = [row for part in parts for row in (part or [])]
+        # a stable sort by image restores single-process order: each image's rows come from one rank
+        self.results = sorted(merged, key=lambda r: order[r["image_id"]])
+
+    def evaluate(self, detector: Detector | None = None, *, batch_size: int = 1, progress: bool = True) -> EvalReport:
+        """Score what was processed; with ``detector``, first reset and run it over the dataset.
+
+        Under torch.distributed every rank must call this; each gets the full report.
+        """
+        speed = None
+        if detector is not None:
+            self.reset()
+            speed = self.run(detector, batch_size=batch_size, progress=progress)
+            self.gather()
+            if _world()[1] > 1:
+                speed = _gather_speed(speed)
+        scores = score(self.dataset.coco, self.results, self.dataset.image_ids, self.backend)
+        return EvalReport(scores, self.model_name, len(self.dataset), speed, self.results)
+
+
+def _gather_speed(speed: Speed) -> Speed:
+    t = torch.tensor([speed.images, speed.model_seconds, speed.total_seconds], dtype=torch.float64)
+    parts = [torch.zeros_like(t) for _ in range(_world()[1])]
+    dist.all_gather(parts, t)
+    stacked = torch.stack(parts)
+    # model time adds up over processes; wall time is the slowest process's
+    return Speed(int(stacked[:, 0].sum()), float(stacked[:, 1].sum()), float(stacked[:, 2].max()))
+
+
+def evaluate(detector: Detector, dataset: CocoDataset, *, batch_size: int = 1, backend: str = "pycocotools",
+             progress: bool = True) -> EvalReport:  # fmt: skip
+    """Run ``detector`` over ``dataset`` and score it."""
+    evaluator = CocoEvaluator(dataset, class_names=detector.class_names, backend=backend)
+    return evaluator.evaluate(detector, batch_size=batch_size, progress=progress)
