@@ -9,9 +9,13 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import DetectorConfig, load_config
 from .errors import DetectorError
+
+if TYPE_CHECKING:
+    from .eval.evaluator import EvalReport
 
 log = logging.getLogger("detector")
 
@@ -98,7 +102,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .eval import CocoEvaluator, load_dataset
     from .eval.dataset import DatasetError
     from .eval.evaluator import EvalReport
-    from .eval.report import console_table, write_outputs
     from .eval.scoring import score_results_file
 
     if args.images is None and args.results is None:
@@ -109,7 +112,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.results is not None:
         scores = score_results_file(dataset.coco, args.results, dataset.image_ids, args.backend)
         report = EvalReport(scores, args.results.name, len(dataset))
-        return _finish_eval(args, report, console_table, write_outputs, write_results=False)
+        return _finish_eval(args, report, write_results=False)
     import torch.distributed as dist
 
     from .models import Detector
@@ -135,7 +138,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         report = evaluator.evaluate(detector, batch_size=args.batch_size, progress=not args.quiet)
         if distributed and dist.get_rank() != 0:
             return 0
-        return _finish_eval(args, report, console_table, write_outputs, write_results=True)
+        return _finish_eval(args, report, write_results=True)
     finally:
         if distributed and dist.is_initialized():
             dist.destroy_process_group()
@@ -147,7 +150,10 @@ def _registry() -> set[str]:
     return set(MODELS)
 
 
-def _finish_eval(args, report, console_table, write_outputs, *, write_results: bool) -> int:  # noqa: ANN001
+def _finish_eval(args: argparse.Namespace, report: EvalReport, *, write_results: bool) -> int:
+    """Print the summary, per-class table and speed; write the output files (rank 0 only)."""
+    from .eval.report import console_table, write_outputs
+
     print(report.scores.summary.rstrip())
     print(console_table(report.scores))
     if report.speed is not None:

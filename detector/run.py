@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -84,7 +85,7 @@ def run(
                         media.write(drawn)
                     else:
                         media.write(drawn, frame.name)
-                    record = {"frame": frame.index, "time": round(frame.timestamp, 6)}
+                    record: dict[str, Any] = {"frame": frame.index, "time": round(frame.timestamp, 6)}
                     if info.kind != "video":
                         record["image"] = frame.name
                     record["detections"] = dets.to_dict()

@@ -75,7 +75,7 @@ class Detections:
             keep &= np.isin(self.labels, list(self.label_ids(classes)))
         return self if keep.all() else self[keep]
 
-    def to_coco(self, image_id: int, category_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    def to_coco(self, image_id: int, category_ids: Sequence[int] | np.ndarray | None = None) -> list[dict[str, Any]]:
         """COCO results entries (``bbox`` as xywh, values unrounded). ``category_ids[label]``
         maps labels to COCO ids for models whose labels are not COCO ids already."""
         xywh = self.boxes.astype(np.float64)

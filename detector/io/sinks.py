@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import cv2
 import numpy as np
@@ -33,8 +33,11 @@ def prepare_output(path: Path, inputs: tuple[Path, ...] = ()) -> Path:
     return path
 
 
+_T = TypeVar("_T")
+
+
 class _Sink:
-    def __enter__(self) -> _Sink:
+    def __enter__(self: _T) -> _T:
         return self
 
     def __exit__(
@@ -55,7 +58,7 @@ class VideoFileSink(_Sink):
         self.path = path
         self.size = size
         self.frames = 0
-        self._writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), float(fps), size)
+        self._writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*fourcc), float(fps), size)
         if not self._writer.isOpened():
             self._writer.release()
             raise SinkError(f"cannot write video {path}; check the folder exists and is writable")

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import Literal, TypeVar
 
 import cv2
 import numpy as np
@@ -59,10 +59,13 @@ def read_image(path: Path) -> np.ndarray | None:
     return cv2.imdecode(data, cv2.IMREAD_COLOR)
 
 
+_T = TypeVar("_T")
+
+
 class _Source:
     info: SourceInfo
 
-    def __enter__(self) -> _Source:
+    def __enter__(self: _T) -> _T:
         return self
 
     def __exit__(
