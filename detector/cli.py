@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -63,6 +64,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"{result.frames} frames, {result.detections} detections, {fps:.2f} frames/s")
     print(f"annotated: {result.out}")
     print(f"detections: {result.json}")
+    if args.stats is not None:
+        print(result.stats.table())
+        if args.stats != "-":
+            Path(args.stats).write_text(json.dumps(result.stats.summary(), indent=2) + "\n", encoding="utf-8")
+            print(f"stats: {args.stats}")
     return 0
 
 
@@ -179,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="annotated output: a video/image file, or a folder for image folders")
     p.add_argument("--json", type=Path, help="JSON Lines detections (default: next to --out)")
     p.add_argument("--max-frames", type=int, help="stop after N frames")
+    p.add_argument("--stats", nargs="?", const="-", metavar="PATH",
+                   help="print per-stage timings; with PATH also write them as JSON")  # fmt: skip
     _add_model_args(p)
     p.set_defaults(func=cmd_run)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +13,11 @@ from tqdm import tqdm
 
 from .errors import SinkError
 from .io.sinks import VIDEO_FOURCC, ImageSink, JsonlSink, VideoFileSink, prepare_output
-from .io.sources import ImageSource, VideoFileSource, open_source
+from .io.sources import Frame, ImageSource, VideoFileSource, open_source
 from .models import Detector
+from .pipeline import Stats, run_pipeline
 from .render import annotate
+from .structures import Detections
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SOURCE = PROJECT_ROOT / "demo" / "vtest_excerpt.mp4"
@@ -28,6 +31,7 @@ class RunResult:
     out: Path
     json: Path
     seconds: float
+    stats: Stats
 
 
 def plan_outputs(source: ImageSource | VideoFileSource, out: Path | None, json: Path | None) -> tuple[Path, Path]:
@@ -59,9 +63,9 @@ def run(
     progress: bool = True,
 ) -> RunResult:
     """Run ``detector`` over a source (a spec or an opened source, which this closes)
-    and write the annotated media and JSON Lines."""
+    and write the annotated media and JSON Lines; decoding, detection and
+    rendering+writing overlap (:func:`detector.pipeline.run_pipeline`)."""
     start = time.perf_counter()
-    n_frames = n_dets = 0
     if not isinstance(source, (ImageSource, VideoFileSource)):
         source = open_source(source)
     with source:
@@ -76,21 +80,23 @@ def run(
             else:
                 media = ImageSink(out, folder=info.kind == "images")
             with media, tqdm(total=total, unit="frame", disable=not progress, leave=False) as bar:
-                for frame in source:
-                    if max_frames is not None and n_frames >= max_frames:
-                        break
-                    dets = detector(frame.image)
-                    drawn = annotate(frame.image, dets, copy=False)
+
+                def render(frame: Frame, dets: Detections) -> None:
+                    annotate(frame.image, dets, copy=False)
+
+                def write(frame: Frame, dets: Detections) -> None:
                     if isinstance(media, VideoFileSink):
-                        media.write(drawn)
+                        media.write(frame.image)
                     else:
-                        media.write(drawn, frame.name)
+                        media.write(frame.image, frame.name)
                     record: dict[str, Any] = {"frame": frame.index, "time": round(frame.timestamp, 6)}
                     if info.kind != "video":
                         record["image"] = frame.name
                     record["detections"] = dets.to_dict()
                     jsonl.write(record)
-                    n_frames += 1
-                    n_dets += len(dets)
+                    counts[0] += len(dets)
                     bar.update()
-    return RunResult(n_frames, n_dets, out, json, time.perf_counter() - start)
+
+                counts = [0]
+                stats = run_pipeline(islice(source, max_frames), detector, write, render=render)
+    return RunResult(stats.frames, counts[0], out, json, time.perf_counter() - start, stats)

@@ -25,7 +25,8 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
 def test_video_end_to_end(tmp_path: Path) -> None:
     out, jsonl = tmp_path / "out" / "annotated.mp4", tmp_path / "dets.jsonl"
     res = run_cli("run", str(need(VIDEO)), "--model", str(need(TORCHSCRIPT)), "--max-frames", "6",
-                  "--out", str(out), "--json", str(jsonl), "--classes", "person")  # fmt: skip
+                  "--out", str(out), "--json", str(jsonl), "--classes", "person",
+                  "--stats", str(tmp_path / "stats.json"))  # fmt: skip
     assert res.returncode == 0, res.stderr
     cap = cv2.VideoCapture(str(out))
     try:
@@ -44,6 +45,26 @@ def test_video_end_to_end(tmp_path: Path) -> None:
     assert all(d["name"] == "person" for r in lines for d in r["detections"])
     assert sum(len(r["detections"]) for r in lines) >= 12
     assert "6 frames" in res.stdout
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert stats["frames"] == 6 and stats["stages"]["inference"]["p50_ms"] > 0
+    assert set(stats["stages"]) == {"decode", "preprocess", "inference", "postprocess", "render", "write"}
+    assert "inference" in res.stdout and "latency" in res.stdout
+
+
+def test_truncated_video_keeps_frames_before_the_damage(tmp_path: Path) -> None:
+    damaged = tmp_path / "damaged.avi"
+    damaged.write_bytes(need(VIDEO).read_bytes()[:400_000])  # about the first 40 frames of 795
+    out = tmp_path / "out.mp4"
+    res = run_cli("run", str(damaged), "--model", str(TORCHSCRIPT), "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    lines = (tmp_path / "out.jsonl").read_text().splitlines()
+    assert 10 <= len(lines) < 795
+    cap = cv2.VideoCapture(str(out))
+    try:
+        assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == len(lines)
+    finally:
+        cap.release()
+    assert "ended after" in res.stderr  # the user is told the file is shorter than announced
 
 
 def test_default_source_and_outputs(tmp_path: Path) -> None:

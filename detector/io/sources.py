@@ -138,6 +138,10 @@ class VideoFileSource(_Source):
             if not ok:
                 break
             index += 1
+        announced = self.info.frame_count
+        if announced is not None and index + 1 < announced:
+            log.warning("%s ended after %d of %d announced frames; the file may be truncated or damaged",
+                        self.info.path, index + 1, announced)  # fmt: skip
 
     def close(self) -> None:
         self._cap.release()
