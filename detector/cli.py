@@ -48,22 +48,39 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .run import DEFAULT_SOURCE, plan_outputs, run
 
     cfg = _config_from(args)
-    if args.max_frames is not None and args.max_frames < 1:
-        raise DetectorError(f"--max-frames must be at least 1, got {args.max_frames}")
-    # Check input and outputs before the (slow) model load, so mistakes fail fast.
-    source = open_source(args.source if args.source is not None else DEFAULT_SOURCE)
+    for flag, value, least in (
+        ("--max-frames", args.max_frames, 1),
+        ("--stride", args.stride, 1),
+        ("--start", args.start, 0),
+    ):
+        if value is not None and value < least:
+            raise DetectorError(f"{flag} must be at least {least}, got {value}")
+    # Check input, outputs and views before the (slow) model load, so mistakes fail fast.
+    if args.serve is not None:
+        from .io.browser import parse_address
+
+        parse_address(args.serve)
+    if args.show:
+        from .io.window import check_gui
+
+        check_gui()
+    source = open_source(args.source if args.source is not None else DEFAULT_SOURCE,
+                         stride=args.stride or 1, start=args.start or 0, end=args.end)  # fmt: skip
     try:
-        out, json_path = plan_outputs(source, args.out, args.json)
+        out, json_path = plan_outputs(source, args.out, args.json, live_view=bool(args.serve or args.show))
         detector = Detector.from_config(cfg, progress=not args.quiet)
     except BaseException:
         source.close()
         raise
     log.info("model %s on %s (%s); input %s", detector.name, detector.device, detector.precision, source.info.path)
-    result = run(detector, source, out=out, json=json_path, max_frames=args.max_frames, progress=not args.quiet)
+    result = run(detector, source, out=out, json=json_path, max_frames=args.max_frames, progress=not args.quiet,
+                 serve=args.serve, show=args.show, hud=args.hud)  # fmt: skip
     fps = result.frames / result.seconds if result.seconds > 0 else 0.0
     print(f"{result.frames} frames, {result.detections} detections, {fps:.2f} frames/s")
-    print(f"annotated: {result.out}")
-    print(f"detections: {result.json}")
+    if result.out is not None:
+        print(f"annotated: {result.out}")
+    if result.json is not None:
+        print(f"detections: {result.json}")
     if args.stats is not None:
         print(result.stats.table())
         if args.stats != "-":
@@ -180,11 +197,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info logs")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("run", help="detect on an image, a folder/glob of images or a video file")
-    p.add_argument("source", nargs="?", help="image, folder, glob or video (default: the embedded demo clip)")
+    p = sub.add_parser("run", help="detect on a camera, stream, video file, image or folder of images")
+    p.add_argument(
+        "source", nargs="?", help="camera index (0), stream URL, image, folder, glob or video (default: demo clip)"
+    )
     p.add_argument("--out", type=Path, help="annotated output: a video/image file, or a folder for image folders")
     p.add_argument("--json", type=Path, help="JSON Lines detections (default: next to --out)")
     p.add_argument("--max-frames", type=int, help="stop after N frames")
+    p.add_argument(
+        "--serve", metavar="[HOST:]PORT", help="browser live view (MJPEG over HTTP), bound to 127.0.0.1 by default"
+    )
+    p.add_argument("--show", action="store_true", help="show a window (needs GUI OpenCV; q or Esc stops)")
+    p.add_argument("--hud", action="store_true", help="draw fps, latency, model and frame index on every frame")
+    p.add_argument("--stride", type=int, help="video files: process every N-th frame")
+    p.add_argument("--start", type=int, help="video files: first frame index")
+    p.add_argument("--end", type=int, help="video files: stop before this frame index")
     p.add_argument("--stats", nargs="?", const="-", metavar="PATH",
                    help="print per-stage timings; with PATH also write them as JSON")  # fmt: skip
     _add_model_args(p)
@@ -213,6 +240,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # torch's C++ deprecation notices (e.g. from int8 TorchScript models) are not the user's to fix;
     # this only takes effect when torch is not imported yet, as in the console script.
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+    # OpenCV's and FFmpeg's own console chatter (e.g. "can't open camera by index") would bury our one-line errors.
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s"

@@ -36,7 +36,7 @@ class Stats:
 
     stages: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in STAGES})
     latency_ms: list[float] = field(default_factory=list)
-    """Decode start to write end, per frame."""
+    """Capture (live) or decode (files) to the end of writing, per frame: the age of what is shown."""
     frames: int = 0
     seconds: float = 0.0
 
@@ -65,6 +65,10 @@ class Stats:
         for name, d in [*s["stages"].items(), ("latency", s["latency"])]:
             rows.append(f"{name:12s} {d['mean_ms']:9.1f} {d['p50_ms']:8.1f} {d['p95_ms']:8.1f}")
         return "\n".join(rows)
+
+
+class StopPipeline(Exception):
+    """Raise from a stage (e.g. a window's q key) to end the run early without an error."""
 
 
 class _Stop(Exception):
@@ -124,7 +128,6 @@ def run_pipeline(
     stop = threading.Event()
     decoded: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
     detected: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
-    started: dict[int, float] = {}
     source_errors: list[Exception] = []
 
     def read() -> None:
@@ -135,8 +138,7 @@ def run_pipeline(
                 frame = next(it, None)
                 if frame is None:
                     break
-                stats.add("decode", time.perf_counter() - t0)
-                started[frame.index] = t0
+                stats.add("decode", time.perf_counter() - t0)  # for live sources: waiting for a new frame
                 _put(decoded, frame, stop)
         except Exception as exc:  # a source error: finish the frames already decoded, then raise it
             source_errors.append(exc)
@@ -153,7 +155,7 @@ def run_pipeline(
             consume(frame, dets)
             t1 = time.perf_counter()
             stats.add("write", t1 - t0)
-            stats.latency_ms.append((t1 - started.pop(frame.index, t1)) * 1000)
+            stats.latency_ms.append((t1 - (frame.captured_at or t1)) * 1000)
             stats.frames += 1
 
     reader, writer = _Worker("detector-read", read, stop), _Worker("detector-write", write, stop)
@@ -174,7 +176,7 @@ def run_pipeline(
             _put(detected, (frame, dets), stop)
         _put(detected, _DONE, stop)
         writer.join()  # let the writer drain what is queued
-    except _Stop:
+    except (_Stop, StopPipeline):
         pass
     finally:
         stop.set()
@@ -182,7 +184,7 @@ def run_pipeline(
         writer.join()
         stats.seconds = time.perf_counter() - begin
     for error in (reader.error, writer.error, *source_errors):
-        if error is not None:
+        if error is not None and not isinstance(error, StopPipeline):
             raise error
     return stats
 

@@ -8,22 +8,26 @@ from __future__ import annotations
 
 import glob
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import cv2
 import numpy as np
 
 from ..errors import SourceError
 
+if TYPE_CHECKING:
+    from .live import LiveSource
+
 log = logging.getLogger(__name__)
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jp2", ".pgm", ".ppm"})
 GLOB_CHARS = frozenset("*?[")
-SourceKind = Literal["image", "images", "video"]
+SourceKind = Literal["image", "images", "video", "camera", "stream"]
 
 
 @dataclass(frozen=True)
@@ -35,13 +39,16 @@ class Frame:
     image: np.ndarray
     """BGR uint8 (H, W, 3)."""
     name: str
-    """File name for images, ``<video stem>`` for video frames."""
+    """File name for images, ``<video stem>`` for video frames, the source spec for live frames."""
+    captured_at: float = 0.0
+    """``time.perf_counter()`` when the frame was decoded or captured (for latency figures)."""
 
 
 @dataclass(frozen=True)
 class SourceInfo:
     kind: SourceKind
-    path: Path
+    path: Path | str
+    """The file or folder; for cameras the index, for streams the URL (password redacted)."""
     width: int | None
     height: int | None
     fps: float | None
@@ -101,25 +108,34 @@ class ImageSource(_Source):
             if image is None:
                 log.warning("skipping %s: not a decodable image", path)
                 continue
-            yield Frame(i, 0.0, image, path.name)
+            yield Frame(i, 0.0, image, path.name, time.perf_counter())
 
 
 class VideoFileSource(_Source):
-    """Every frame of a video file in order (none dropped), optionally strided."""
+    """Every frame of a video file in order (none dropped), optionally from
+    ``start``, before ``end`` (frame indices) and every ``stride``-th."""
 
-    def __init__(self, path: Path, *, stride: int = 1) -> None:
-        if stride < 1:
-            raise SourceError(f"stride must be at least 1, got {stride}")
-        self.stride = stride
+    def __init__(self, path: Path, *, stride: int = 1, start: int = 0, end: int | None = None) -> None:
+        if stride < 1 or start < 0 or (end is not None and end <= start):
+            raise SourceError(f"need stride >= 1, start >= 0 and end > start; got {stride}, {start}, {end}")
+        self.stride, self.start, self.end = stride, start, end
         self._cap = cv2.VideoCapture(str(path))
         try:
+            if start and self._cap.isOpened():
+                self._cap.set(cv2.CAP_PROP_POS_FRAMES, start)
             ok, first = self._cap.read() if self._cap.isOpened() else (False, None)
             if not ok or first is None:
-                raise SourceError(f"cannot decode {path} as a video or image; is it a media file OpenCV can read?")
+                where = f" at frame {start}" if start else ""
+                raise SourceError(
+                    f"cannot decode {path} as a video or image{where}; is it a media file OpenCV can read?"
+                )
+            if start:  # seeking can land elsewhere in some codecs: trust the decoder's position
+                start = max(0, int(self._cap.get(cv2.CAP_PROP_POS_FRAMES)) - 1)
         except BaseException:
             self._cap.release()
             raise
         self._first: np.ndarray | None = first
+        self._first_index = start
         fps = float(self._cap.get(cv2.CAP_PROP_FPS) or 0.0)
         count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         h, w = first.shape[:2]
@@ -127,21 +143,21 @@ class VideoFileSource(_Source):
 
     def __iter__(self) -> Iterator[Frame]:
         fps = self.info.fps or 0.0
-        index = 0
+        index = self._first_index
         frame = self._first
         self._first = None
-        name = self.info.path.stem
-        while frame is not None:
-            if index % self.stride == 0:
-                yield Frame(index, index / fps if fps else 0.0, frame, name)
+        name = Path(self.info.path).stem
+        while frame is not None and (self.end is None or index < self.end):
+            if (index - self._first_index) % self.stride == 0:
+                yield Frame(index, index / fps if fps else 0.0, frame, name, time.perf_counter())
             ok, frame = self._cap.read()
             if not ok:
+                announced = self.info.frame_count
+                if announced is not None and index + 1 < min(announced, self.end or announced):
+                    log.warning("%s ended after %d of %d announced frames; the file may be truncated or damaged",
+                                self.info.path, index + 1, announced)  # fmt: skip
                 break
             index += 1
-        announced = self.info.frame_count
-        if announced is not None and index + 1 < announced:
-            log.warning("%s ended after %d of %d announced frames; the file may be truncated or damaged",
-                        self.info.path, index + 1, announced)  # fmt: skip
 
     def close(self) -> None:
         self._cap.release()
@@ -151,9 +167,21 @@ def _glob_paths(pattern: str) -> list[Path]:
     return sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).suffix.lower() in IMAGE_EXTS)
 
 
-def open_source(spec: str | Path, *, stride: int = 1) -> ImageSource | VideoFileSource:
-    """Open an image, a folder or glob of images, or a video file."""
+STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
+
+
+def open_source(
+    spec: str | Path | int, *, stride: int = 1, start: int = 0, end: int | None = None
+) -> ImageSource | VideoFileSource | LiveSource:
+    """Open a webcam index (``0``), an RTSP/HTTP(S) stream URL, an image, a folder
+    or glob of images, or a video file. ``stride``/``start``/``end`` apply to video files."""
+    from .live import open_camera, open_stream
+
     text = str(spec)
+    if isinstance(spec, int) or text.isdigit():
+        return open_camera(int(text))
+    if text.lower().startswith(STREAM_SCHEMES):
+        return open_stream(text)
     path = Path(text).expanduser()
     if any(c in text for c in GLOB_CHARS) and not path.exists():
         return ImageSource(_glob_paths(str(path)), path, "images")
@@ -163,4 +191,4 @@ def open_source(spec: str | Path, *, stride: int = 1) -> ImageSource | VideoFile
         return ImageSource(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS), path, "images")
     if path.suffix.lower() in IMAGE_EXTS:
         return ImageSource([path], path, "image")
-    return VideoFileSource(path, stride=stride)
+    return VideoFileSource(path, stride=stride, start=start, end=end)
