@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any, TypeVar
 
 import numpy as np
@@ -120,10 +121,22 @@ def run_pipeline(
     *,
     render: Callable[[Frame, Detections], None] | None = None,
     queue_size: int = 4,
+    max_frames: int | None = None,
     stats: Stats | None = None,
 ) -> Stats:
     """Decode ``frames`` in a reader thread, detect here, and hand each result to
-    ``render`` then ``consume`` in a writer thread, in order."""
+    ``render`` then ``consume`` in a writer thread, in order.
+
+    A live source (``frames.live`` is true: it has its own capture thread that
+    keeps only the newest frame) is read directly by the detecting thread, and
+    results go to the writer through a one-slot queue, so nothing waits in a
+    queue long enough to go stale.
+    """
+    live = bool(getattr(frames, "live", False))
+    if live:
+        queue_size = 1
+    if max_frames is not None:
+        frames = islice(frames, max_frames)
     stats = stats or Stats()
     stop = threading.Event()
     decoded: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
@@ -140,6 +153,8 @@ def run_pipeline(
                     break
                 stats.add("decode", time.perf_counter() - t0)  # for live sources: waiting for a new frame
                 _put(decoded, frame, stop)
+        except _Stop:
+            raise
         except Exception as exc:  # a source error: finish the frames already decoded, then raise it
             source_errors.append(exc)
         _put(decoded, _DONE, stop)
@@ -159,11 +174,22 @@ def run_pipeline(
             stats.frames += 1
 
     reader, writer = _Worker("detector-read", read, stop), _Worker("detector-write", write, stop)
+    live_frames = iter(frames)
+
+    def next_frame() -> Any:
+        if not live:
+            return _get(decoded, stop)
+        t0 = time.perf_counter()
+        frame = next(live_frames, _DONE)
+        stats.add("decode", time.perf_counter() - t0)  # waiting for a frame newer than the last one
+        return frame
+
     begin = time.perf_counter()
-    reader.start()
+    if not live:
+        reader.start()
     writer.start()
     try:
-        while (frame := _get(decoded, stop)) is not _DONE:
+        while (frame := next_frame()) is not _DONE:
             t0 = time.perf_counter()
             tensors = detector.preprocess([frame.image])
             t1 = time.perf_counter()
@@ -180,7 +206,8 @@ def run_pipeline(
         pass
     finally:
         stop.set()
-        reader.join()
+        if reader.is_alive():
+            reader.join()
         writer.join()
         stats.seconds = time.perf_counter() - begin
     for error in (reader.error, writer.error, *source_errors):
@@ -201,6 +228,8 @@ def stream(frames: Iterable[Frame], detector: Detector, *, queue_size: int = 4) 
         try:
             for frame in frames:
                 _put(decoded, frame, stop)
+        except _Stop:
+            raise
         except Exception as exc:  # yield what was decoded first, then raise it
             source_errors.append(exc)
         _put(decoded, _DONE, stop)

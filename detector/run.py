@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -151,5 +150,5 @@ def run(
             counts[0] += len(dets)
             bar.update()
 
-        stats = run_pipeline(islice(source, max_frames), detector, write, render=render)
+        stats = run_pipeline(source, detector, write, render=render, max_frames=max_frames)
     return RunResult(stats.frames, counts[0], out, json, time.perf_counter() - start, stats)

@@ -97,3 +97,18 @@ def test_stream_yields_in_order_and_stops_early() -> None:
             got.append(frame.index)
     assert got == [0, 1, 2], "frames decoded before a source error are still yielded"
     assert no_pipeline_threads()
+
+
+def test_stop_pipeline_from_a_stage_ends_the_run_quietly() -> None:
+    from detector.pipeline import StopPipeline
+
+    seen: list[int] = []
+
+    def consume(frame: Frame, dets: Detections) -> None:
+        seen.append(frame.index)
+        if frame.index == 5:
+            raise StopPipeline
+
+    stats = run_pipeline(frames(100_000), Detector(Tiny()), consume, queue_size=1)
+    assert seen == list(range(6)) and stats.frames == 5
+    assert no_pipeline_threads()

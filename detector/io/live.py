@@ -40,6 +40,9 @@ def redact(url: str) -> str:
 class LiveSource(_Source):
     """Newest-frame-only capture from a camera or stream, in a background thread."""
 
+    live = True
+    """Tells the pipeline not to queue frames from this source (they would go stale)."""
+
     def __init__(
         self,
         opener: Callable[[], cv2.VideoCapture],

@@ -1,0 +1,36 @@
+"""Live detection from a webcam (camera 0 by default) in a window or the browser, public API only.
+
+    python demo/webcam.py [--camera 0] [--serve 8080 | --window] [--model NAME_OR_TORCHSCRIPT] [--weights PATH]
+
+The camera is read by a capture thread that keeps only the newest frame, so
+the view never lags behind however slow the model is. Ctrl-C (or q in the
+window) stops it.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from detector import Detector, load_config, open_source
+from detector.run import run
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--camera", default="0", help="camera index or a stream URL")
+    ap.add_argument("--serve", default=None, help="[HOST:]PORT for the browser view (default 8080 unless --window)")
+    ap.add_argument("--window", action="store_true", help="show a desktop window (needs GUI OpenCV)")
+    ap.add_argument("--model", default="fasterrcnn_resnet50_fpn")
+    ap.add_argument("--weights")
+    args = ap.parse_args()
+
+    detector = Detector.from_config(load_config(None, {"model": args.model, "weights": args.weights}))
+    serve = args.serve or (None if args.window else "8080")
+    try:
+        run(detector, open_source(args.camera), serve=serve, show=args.window, hud=True)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
