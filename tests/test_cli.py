@@ -120,6 +120,10 @@ def test_errors_are_one_line(tmp_path: Path) -> None:
         (("run", video, "--model", str(tmp_path / "model.pt")), ("model file", "not found")),
         (("run", video, "--model", str(fake_model)), ("not a TorchScript file",)),
         (("run", video, "--max-frames", "0"), ("--max-frames",)),
+        (("run", "7"), ("camera 7 cannot be opened",)),
+        (("run", "rtsp://127.0.0.1:9/cam"), ("stream rtsp://127.0.0.1:9/cam cannot be opened",)),
+        (("run", video, "--show"), ("no GUI", "--serve 8080")),
+        (("run", video, "--serve", "localhost:http"), ("PORT or HOST:PORT",)),
     ]
     for args, fragments in cases:
         one_line_error(run_cli(*args, cwd=tmp_path), *fragments)

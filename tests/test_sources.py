@@ -31,6 +31,18 @@ def test_video_stride() -> None:
         assert [f.index for f in src] == list(range(0, 60, 7))
 
 
+def test_video_start_and_end() -> None:
+    with open_source(DEMO, start=10, end=20, stride=3) as src:
+        frames = list(src)
+    assert [f.index for f in frames] == [10, 13, 16, 19]
+    assert frames[0].timestamp == pytest.approx(1.0)
+    with open_source(DEMO) as full:
+        reference = [f.image for f in full][10]
+    assert np.abs(frames[0].image.astype(int) - reference.astype(int)).mean() < 1.0, "seek lands on frame 10"
+    with pytest.raises(SourceError, match="end > start"):
+        open_source(DEMO, start=5, end=5)
+
+
 def test_stopping_early_releases_the_capture() -> None:
     src = open_source(DEMO)
     with src:
