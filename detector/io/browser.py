@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from ..errors import SinkError
+from .base import Closeable
 
 log = logging.getLogger(__name__)
 BOUNDARY = "detectorframe"
@@ -59,7 +60,7 @@ def parse_address(spec: str) -> tuple[str, int]:
     return host, int(port)
 
 
-class BrowserSink:
+class BrowserSink(Closeable):
     """Serves ``/`` (page), ``/stream.mjpg``, ``/frame.jpg`` and ``/stats.json``."""
 
     def __init__(
@@ -185,9 +186,3 @@ class BrowserSink:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
-
-    def __enter__(self) -> BrowserSink:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Any, TypeVar
+from typing import IO, Any
 
 import cv2
 import numpy as np
 
 from ..errors import SinkError
+from .base import Closeable
 
 VIDEO_FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "XVID"}
 
@@ -33,19 +33,8 @@ def prepare_output(path: Path, inputs: tuple[Path, ...] = ()) -> Path:
     return path
 
 
-_T = TypeVar("_T")
-
-
-class _Sink:
-    def __enter__(self: _T) -> _T:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def close(self) -> None: ...
+class _Sink(Closeable):
+    """Base of the file sinks."""
 
 
 class VideoFileSink(_Sink):

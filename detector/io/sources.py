@@ -12,13 +12,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING, Literal
 
 import cv2
 import numpy as np
 
 from ..errors import SourceError
+from .base import Closeable
 
 if TYPE_CHECKING:
     from .live import LiveSource
@@ -66,22 +66,8 @@ def read_image(path: Path) -> np.ndarray | None:
     return cv2.imdecode(data, cv2.IMREAD_COLOR)
 
 
-_T = TypeVar("_T")
-
-
-class _Source:
+class _Source(Closeable):
     info: SourceInfo
-
-    def __enter__(self: _T) -> _T:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Release what the source holds; safe to call twice."""
 
     def __iter__(self) -> Iterator[Frame]:
         raise NotImplementedError

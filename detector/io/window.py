@@ -7,6 +7,7 @@ import numpy as np
 
 from ..errors import SinkError
 from ..pipeline import StopPipeline
+from .base import Closeable
 
 HEADLESS_HINT = (
     "this OpenCV has no GUI (opencv-python-headless) or there is no display; use --serve 8080 for the browser "
@@ -21,7 +22,7 @@ def check_gui() -> None:
         raise SinkError(HEADLESS_HINT)
 
 
-class WindowSink:
+class WindowSink(Closeable):
     """Shows frames in a window; q or Esc stops the pipeline."""
 
     def __init__(self, title: str = "detector") -> None:
@@ -42,9 +43,3 @@ class WindowSink:
             cv2.destroyWindow(self.title)
         except cv2.error:
             pass
-
-    def __enter__(self) -> WindowSink:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
