@@ -116,6 +116,15 @@ def test_password_is_never_echoed() -> None:
     assert "hunter2" not in str(info.value) and "admin:***@" in str(info.value)
 
 
+def test_password_stays_out_of_frames_and_info(mjpeg_server: tuple[BrowserSink, Publisher]) -> None:
+    sink, _ = mjpeg_server
+    url = f"http://viewer:hunter2@127.0.0.1:{sink.port}/stream.mjpg"
+    with open_source(url) as src:
+        frame = next(iter(src))
+    assert "hunter2" not in str(src.info.path) and "hunter2" not in frame.name and "hunter2" not in src.name
+    assert frame.name == f"http://viewer:***@127.0.0.1:{sink.port}/stream.mjpg"
+
+
 def test_missing_camera_is_one_clear_line() -> None:
     with pytest.raises(SourceError, match=r"camera 7 cannot be opened; check it is connected"):
         open_source("7")

@@ -54,7 +54,8 @@ class LiveSource(_Source):
         max_backoff: float = 5.0,
         first_frame_timeout: float = 10.0,
     ) -> None:
-        self.name = name
+        self.name = redact(name)
+        """The camera index or stream URL, password redacted: safe for messages, logs and frames."""
         self.kind = kind
         self._opener = opener
         self._reconnect = reconnect
@@ -75,10 +76,10 @@ class LiveSource(_Source):
         ok, first = self._read_first(first_frame_timeout)
         if not ok or first is None:
             self._cap.release()
-            raise SourceError(f"{kind} {name} opened but delivered no frame within {first_frame_timeout:g} s")
+            raise SourceError(f"{kind} {self.name} opened but delivered no frame within {first_frame_timeout:g} s")
         h, w = first.shape[:2]
         fps = float(self._cap.get(cv2.CAP_PROP_FPS) or 0.0)
-        self.info = SourceInfo(kind, redact(name), w, h, fps if 0 < fps < 1000 else None, None)  # type: ignore[arg-type]
+        self.info = SourceInfo(kind, self.name, w, h, fps if 0 < fps < 1000 else None, None)  # type: ignore[arg-type]
         self._start = time.perf_counter()
         self._index = 0
         self._publish(first)  # frame 0; the thread publishes the rest
@@ -126,7 +127,7 @@ class LiveSource(_Source):
         started = time.monotonic()
         delay = 0.5
         while not self._stop.is_set():
-            log.warning("stream %s lost; reconnecting in %.1f s", redact(self.name), delay)
+            log.warning("stream %s lost; reconnecting in %.1f s", self.name, delay)
             if self._stop.wait(delay):
                 return False
             self._cap = self._opener()
@@ -134,14 +135,13 @@ class LiveSource(_Source):
                 ok, frame = self._cap.read()
                 if ok and frame is not None:
                     self.reconnects += 1
-                    log.warning("stream %s reconnected", redact(self.name))
+                    log.warning("stream %s reconnected", self.name)
                     self._publish(frame)
                     return True
             self._cap.release()
             if time.monotonic() - started > self._reconnect_timeout:
                 self._error = SourceError(
-                    f"stream {redact(self.name)} lost and not back within {self._reconnect_timeout:g} s; "
-                    "check the server"
+                    f"stream {self.name} lost and not back within {self._reconnect_timeout:g} s; check the server"
                 )
                 return False
             delay = min(delay * 2, self._max_backoff)
@@ -177,7 +177,4 @@ def open_camera(index: int, **kwargs: float) -> LiveSource:
 
 
 def open_stream(url: str, *, open_timeout: float = 10.0, **kwargs: float) -> LiveSource:
-    try:
-        return LiveSource(lambda: _capture_stream(url, open_timeout), name=url, kind="stream", reconnect=True, **kwargs)
-    except SourceError as exc:
-        raise SourceError(str(exc).replace(url, redact(url))) from None
+    return LiveSource(lambda: _capture_stream(url, open_timeout), name=url, kind="stream", reconnect=True, **kwargs)
