@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +25,6 @@ from .io.sources import Frame
 from .models import Detector
 from .structures import Detections
 
-T = TypeVar("T")
 POLL_S = 0.05
 _DONE = object()
 STAGES = ("decode", "preprocess", "inference", "postprocess", "render", "write")
@@ -114,6 +113,36 @@ class _Worker(threading.Thread):
             self._stop_event.set()
 
 
+def _reader(
+    frames: Iterable[Frame],
+    out: queue.Queue[Any],
+    stop: threading.Event,
+    source_errors: list[Exception],
+    stats: Stats | None = None,
+) -> _Worker:
+    """A thread that decodes ``frames`` into ``out`` and ends it with ``_DONE``. A source error
+    is kept in ``source_errors`` after the frames decoded before it, for the caller to raise."""
+
+    def read() -> None:
+        it = iter(frames)
+        try:
+            while True:
+                t0 = time.perf_counter()
+                frame = next(it, None)
+                if frame is None:
+                    break
+                if stats is not None:
+                    stats.add("decode", time.perf_counter() - t0)
+                _put(out, frame, stop)
+        except _Stop:
+            raise
+        except Exception as exc:  # a source error: let the frames already decoded through first
+            source_errors.append(exc)
+        _put(out, _DONE, stop)
+
+    return _Worker("detector-read", read, stop)
+
+
 def run_pipeline(
     frames: Iterable[Frame],
     detector: Detector,
@@ -143,22 +172,6 @@ def run_pipeline(
     detected: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
     source_errors: list[Exception] = []
 
-    def read() -> None:
-        it = iter(frames)
-        try:
-            while True:
-                t0 = time.perf_counter()
-                frame = next(it, None)
-                if frame is None:
-                    break
-                stats.add("decode", time.perf_counter() - t0)  # for live sources: waiting for a new frame
-                _put(decoded, frame, stop)
-        except _Stop:
-            raise
-        except Exception as exc:  # a source error: finish the frames already decoded, then raise it
-            source_errors.append(exc)
-        _put(decoded, _DONE, stop)
-
     def write() -> None:
         while (item := _get(detected, stop)) is not _DONE:
             frame, dets = item
@@ -173,11 +186,12 @@ def run_pipeline(
             stats.latency_ms.append((t1 - (frame.captured_at or t1)) * 1000)
             stats.frames += 1
 
-    reader, writer = _Worker("detector-read", read, stop), _Worker("detector-write", write, stop)
-    live_frames = iter(frames)
+    reader = None if live else _reader(frames, decoded, stop, source_errors, stats)
+    writer = _Worker("detector-write", write, stop)
+    live_frames = iter(frames) if live else None
 
     def next_frame() -> Any:
-        if not live:
+        if live_frames is None:
             return _get(decoded, stop)
         t0 = time.perf_counter()
         frame = next(live_frames, _DONE)
@@ -185,7 +199,7 @@ def run_pipeline(
         return frame
 
     begin = time.perf_counter()
-    if not live:
+    if reader is not None:
         reader.start()
     writer.start()
     try:
@@ -206,11 +220,11 @@ def run_pipeline(
         pass
     finally:
         stop.set()
-        if reader.is_alive():
+        if reader is not None:
             reader.join()
         writer.join()
         stats.seconds = time.perf_counter() - begin
-    for error in (reader.error, writer.error, *source_errors):
+    for error in (reader.error if reader else None, writer.error, *source_errors):
         if error is not None and not isinstance(error, StopPipeline):
             raise error
     return stats
@@ -221,20 +235,8 @@ def stream(frames: Iterable[Frame], detector: Detector, *, queue_size: int = 4) 
     nothing is accumulated. Stopping the iteration early stops the reader."""
     stop = threading.Event()
     decoded: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
-
     source_errors: list[Exception] = []
-
-    def read() -> None:
-        try:
-            for frame in frames:
-                _put(decoded, frame, stop)
-        except _Stop:
-            raise
-        except Exception as exc:  # yield what was decoded first, then raise it
-            source_errors.append(exc)
-        _put(decoded, _DONE, stop)
-
-    reader = _Worker("detector-read", read, stop)
+    reader = _reader(frames, decoded, stop, source_errors)
     reader.start()
     try:
         while True:
