@@ -138,13 +138,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return _finish_eval(args, report, write_results=False)
     import torch.distributed as dist
 
-    from .models import Detector
+    from .models import MODELS, Detector
 
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     overrides = {}
     if args.score_threshold is None and args.config is None:
         # torchvision scores its COCO models at 0.05; a TorchScript model's own threshold stands
-        overrides["score_threshold"] = 0.05 if (args.model or "fasterrcnn_resnet50_fpn") in _registry() else 0.0
+        overrides["score_threshold"] = 0.05 if (args.model or "fasterrcnn_resnet50_fpn") in MODELS else 0.0
     cfg = _config_from(args).replace(**overrides) if overrides else _config_from(args)
     if distributed:
         import torch
@@ -165,12 +165,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     finally:
         if distributed and dist.is_initialized():
             dist.destroy_process_group()
-
-
-def _registry() -> set[str]:
-    from .models import MODELS
-
-    return set(MODELS)
 
 
 def _finish_eval(args: argparse.Namespace, report: EvalReport, *, write_results: bool) -> int:

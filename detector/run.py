@@ -47,11 +47,11 @@ def plan_outputs(
     Raises ``SinkError`` for unusable paths or ones naming an input.
     """
     info = source.info
+    if out is not None and info.kind in ("video", "camera", "stream") and out.suffix.lower() not in VIDEO_FOURCC:
+        raise SinkError(f"cannot write video {out}: use one of {', '.join(VIDEO_FOURCC)} as the extension")
     if isinstance(source, LiveSource):
         if out is None and json is None and not live_view:
             raise SinkError(f"live {info.kind} {source.name}: nothing to do; add --serve 8080, --show, --out or --json")
-        if out is not None and out.suffix.lower() not in VIDEO_FOURCC:
-            raise SinkError(f"cannot write video {out}: use one of {', '.join(VIDEO_FOURCC)} as the extension")
         return (prepare_output(out) if out else None), (prepare_output(json) if json else None)
     assert isinstance(info.path, Path)
     if out is None:
@@ -64,8 +64,6 @@ def plan_outputs(
     if json is None:
         json = out.with_suffix(".jsonl") if out.suffix else out.with_name(out.name + ".jsonl")
     inputs = tuple(source.paths) if isinstance(source, ImageSource) else (info.path,)
-    if info.kind == "video" and out.suffix.lower() not in VIDEO_FOURCC:
-        raise SinkError(f"cannot write video {out}: use one of {', '.join(VIDEO_FOURCC)} as the extension")
     return prepare_output(out, inputs), prepare_output(json, inputs)
 
 

@@ -110,9 +110,8 @@ class CocoEvaluator:
         for image_id, dets in zip(image_ids, detections, strict=True):
             if self._map is None:
                 self._map = category_map(dets.class_names, self.dataset.category_names)
-            in_range = (dets.labels >= 0) & (dets.labels < len(self._map))
-            mapped = np.where(in_range, self._map[np.clip(dets.labels, 0, len(self._map) - 1)], -1)
-            keep = mapped >= 0
+            keep = (dets.labels >= 0) & (dets.labels < len(self._map))
+            keep[keep] = self._map[dets.labels[keep]] >= 0  # labels with no dataset category are dropped
             self.results.extend(dets[keep].to_coco(image_id, category_ids=self._map))
 
     def _load(self, image_ids: Sequence[int]) -> list[np.ndarray]:

@@ -105,12 +105,11 @@ def plot_pr(scores: Scores, out_dir: Path) -> list[Path]:
 
     rec = scores.recall_thresholds
     prec = scores.precision[:, :, :, 0, -1]  # [T, R, K], area all, 100 detections
-    ious = scores.iou_thresholds
+    i50, i75 = (int(scores.iou_thresholds.searchsorted(t)) for t in (0.5, 0.75))
     paths = []
 
     fig, ax = plt.subplots(figsize=(6, 5), dpi=100)
-    for label, sl in (("IoU .50:.95", prec), ("IoU .50", prec[ious.searchsorted(0.5) : ious.searchsorted(0.5) + 1]),
-                      ("IoU .75", prec[ious.searchsorted(0.75) : ious.searchsorted(0.75) + 1])):  # fmt: skip
+    for label, sl in (("IoU .50:.95", prec), ("IoU .50", prec[i50 : i50 + 1]), ("IoU .75", prec[i75 : i75 + 1])):
         curve = _mean_curve(sl)
         ax.plot(rec, curve, label=f"{label} (AP {curve.mean():.3f})")
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title="Precision-recall, all classes")
@@ -123,7 +122,6 @@ def plot_pr(scores: Scores, out_dir: Path) -> list[Path]:
     # per-class curves at IoU .50 (averaging IoUs flattens them into steps), among classes with
     # enough ground truth for a curve to mean something
     ranked = [c for c in ranked_classes(scores) if c.ground_truth >= 5] or ranked_classes(scores)
-    i50 = int(ious.searchsorted(0.5))
     k_of = {c.category_id: k for k, c in enumerate(scores.per_class)}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), dpi=100, sharey=True)
     for ax, title, chosen in ((axes[0], "best classes", ranked[:5]), (axes[1], "worst classes", ranked[-5:][::-1])):
