@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING
 
+from . import __version__
 from .config import DetectorConfig, load_config
-from .errors import DetectorError
+from .errors import DetectorError, Interrupted
 
 if TYPE_CHECKING:
     from .eval.evaluator import EvalReport
@@ -37,9 +42,20 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--offline", action="store_true", help="never download weights")
 
 
+FLAGS = {
+    "model": "--model",
+    "weights": "--weights",
+    "score_threshold": "--score",
+    "classes": "--classes",
+    "device": "--device",
+    "precision": "--precision",
+    "min_size": "--min-size",
+    "max_size": "--max-size",
+}
+
+
 def _config_from(args: argparse.Namespace) -> DetectorConfig:
-    keys = ("model", "weights", "score_threshold", "classes", "device", "precision", "min_size", "max_size")
-    return load_config(args.config, {k: getattr(args, k) for k in keys})
+    return load_config(args.config, {k: getattr(args, k) for k in FLAGS}, override_names=FLAGS)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -55,26 +71,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     ):
         if value is not None and value < least:
             raise DetectorError(f"{flag} must be at least {least}, got {value}")
-    # Check input, outputs and views before the (slow) model load, so mistakes fail fast.
+    if args.end is not None and args.end <= (args.start or 0):
+        raise DetectorError(f"--end ({args.end}) must be greater than --start ({args.start or 0})")
+    # Check input, outputs and views before the (slow) model load and before any output is
+    # opened, so mistakes fail fast and a failed start leaves earlier outputs as they were.
     if args.serve is not None:
-        from .io.browser import parse_address
+        from .io.browser import check_address, parse_address
 
-        parse_address(args.serve)
+        check_address(*parse_address(args.serve))
     if args.show:
         from .io.window import check_gui
 
         check_gui()
+    stats_path = Path(args.stats) if args.stats not in (None, "-") else None
     source = open_source(args.source if args.source is not None else DEFAULT_SOURCE,
                          stride=args.stride or 1, start=args.start or 0, end=args.end)  # fmt: skip
     try:
-        out, json_path = plan_outputs(source, args.out, args.json, live_view=bool(args.serve or args.show))
+        plan = plan_outputs(source, args.out, args.json, live_view=bool(args.serve or args.show), stats=stats_path)
         detector = Detector.from_config(cfg, progress=not args.quiet)
     except BaseException:
         source.close()
         raise
     log.info("model %s on %s (%s); input %s", detector.name, detector.device, detector.precision, source.info.path)
-    result = run(detector, source, out=out, json=json_path, max_frames=args.max_frames, progress=not args.quiet,
-                 serve=args.serve, show=args.show, hud=args.hud)  # fmt: skip
+    try:
+        result = run(detector, source, plan=plan, max_frames=args.max_frames, progress=not args.quiet,
+                     serve=args.serve, show=args.show, hud=args.hud)  # fmt: skip
+    except Interrupted as exc:
+        kept = [str(p) for p in (plan.out, plan.json) if p is not None]
+        exc.detail = f"; the frames processed so far are in {' and '.join(kept)}" if kept else ""
+        raise
     fps = result.frames / result.seconds if result.seconds > 0 else 0.0
     print(f"{result.frames} frames, {result.detections} detections, {fps:.2f} frames/s")
     if result.out is not None:
@@ -83,9 +108,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"detections: {result.json}")
     if args.stats is not None:
         print(result.stats.table())
-        if args.stats != "-":
-            Path(args.stats).write_text(json.dumps(result.stats.summary(), indent=2) + "\n", encoding="utf-8")
-            print(f"stats: {args.stats}")
+        if stats_path is not None:
+            from .io.sinks import write_text_atomic
+
+            write_text_atomic(stats_path, json.dumps(result.stats.summary(), indent=2) + "\n")
+            print(f"stats: {stats_path}")
     return 0
 
 
@@ -113,7 +140,12 @@ def cmd_weights(args: argparse.Namespace) -> int:
                 print(f"{name}: missing ({spec.file_name}, from {spec.url})")
                 status = 1
                 continue
-            prefix = W.verify(local)
+            try:
+                prefix = W.verify(local)
+            except DetectorError as exc:  # report every file, not just the first bad one
+                print(f"{name}: BAD: {exc}")
+                status = 1
+                continue
             print(f"{name}: ok, sha256 starts with {prefix} ({local})")
     if args.action == "list":
         dirs = ", ".join(str(d) for d in W.weights_dirs())
@@ -125,13 +157,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .eval import CocoEvaluator, load_dataset
     from .eval.dataset import DatasetError
     from .eval.evaluator import EvalReport
+    from .eval.report import check_out_dir
     from .eval.scoring import score_results_file
 
     if args.images is None and args.results is None:
         raise DatasetError("give --images DIR to run a model, or --results FILE.json to score existing detections")
+    if args.results is not None and (args.images is not None or args.model is not None):
+        given = " and ".join(f for f, v in (("--images", args.images), ("--model", args.model)) if v is not None)
+        raise DatasetError(
+            f"--results scores an existing file, so {given} would be ignored; "
+            "give --results alone, or --images (with --model) to run a model"
+        )
     if args.batch_size < 1:
         raise DatasetError(f"--batch-size must be at least 1, got {args.batch_size}")
     dataset = load_dataset(args.annotations, args.images if args.results is None else None, args.limit)
+    check_out_dir(args.out, tuple(p for p in (args.annotations, args.results) if p is not None))
     if args.results is not None:
         scores = score_results_file(dataset.coco, args.results, dataset.image_ids, args.backend)
         report = EvalReport(scores, args.results.name, len(dataset))
@@ -189,9 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="detector", description="Real-time object detection with torchvision detectors."
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info logs")
+    parser.add_argument("--version", action="version", version=f"detector {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    quiet = argparse.ArgumentParser(add_help=False)  # -q also after the subcommand
+    quiet.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                       help="no progress bars or info logs")  # fmt: skip
 
-    p = sub.add_parser("run", help="detect on a camera, stream, video file, image or folder of images")
+    p = sub.add_parser("run", parents=[quiet], help="detect on a camera, stream, video file, image or folder of images")
     p.add_argument(
         "source", nargs="?", help="camera index (0), stream URL, image, folder, glob or video (default: demo clip)"
     )
@@ -211,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("eval", help="COCO evaluation of a model, or of an existing results file")
+    p = sub.add_parser("eval", parents=[quiet], help="COCO evaluation of a model, or of an existing results file")
     p.add_argument("--annotations", type=Path, required=True, help="COCO-format ground truth (instances_*.json)")
     p.add_argument("--images", type=Path, help="folder of the dataset's images (to run a model)")
     p.add_argument("--results", type=Path, help="score this COCO results file instead of running a model")
@@ -223,11 +267,42 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("weights", help="list, download or verify the registry models' COCO weights")
+    p = sub.add_parser("weights", parents=[quiet], help="list, download or verify the registry models' COCO weights")
     p.add_argument("action", choices=("list", "download", "verify"))
     p.add_argument("names", nargs="*", help="model names (default: all four)")
     p.set_defaults(func=cmd_weights)
     return parser
+
+
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+
+
+@contextlib.contextmanager
+def _stop_signals_as_interrupts() -> Iterator[None]:
+    """SIGINT, SIGTERM (timeout, docker stop, systemd, Kubernetes) and SIGHUP (a closed terminal)
+    raise :class:`Interrupted` in the main thread, so every ``finally`` runs and outputs are
+    finalised. Only the first one counts: a second signal while finishing up is ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired: list[int] = []
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        if fired:
+            return
+        fired.append(signum)
+        raise Interrupted(signum, signal.Signals(signum).name)
+
+    previous = {}
+    for name in STOP_SIGNALS:
+        if hasattr(signal, name):
+            sig = getattr(signal, name)
+            previous[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -246,10 +321,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "offline", False):
         os.environ["DETECTOR_OFFLINE"] = "1"
     try:
-        return int(args.func(args))
+        with _stop_signals_as_interrupts():
+            return int(args.func(args))
     except DetectorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        print(f"interrupted by {exc.name}{exc.detail}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

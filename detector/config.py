@@ -143,18 +143,36 @@ def _check_keys(values: Mapping[str, Any], source: str) -> None:
             raise ConfigError(f"unknown config key '{key}' in {source}; {hint}")
 
 
-def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> DetectorConfig:
-    """Read ``path`` (YAML, optional), apply ``overrides`` (``None`` values are skipped), validate."""
+_KEY_RE = re.compile(r"^config key '(\w+)'")
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    override_names: Mapping[str, str] | None = None,
+) -> DetectorConfig:
+    """Read ``path`` (YAML, optional), apply ``overrides`` (``None`` values are skipped), validate.
+
+    An error names the file it is in, or the override; ``override_names`` maps keys
+    to what the user typed (e.g. ``{"score_threshold": "--score"}``) for messages.
+    """
     values: dict[str, Any] = {}
-    source = "overrides"
     if path is not None:
         values.update(_read_yaml(Path(path)))
-        source = str(path)
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            values[key] = value
-    _check_keys(values, source)
+        _check_keys(values, str(path))
+        try:
+            DetectorConfig(**{k: _coerce(k, v) for k, v in values.items()})
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (in {path})") from None
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    _check_keys(given, "overrides")
+    values.update(given)
     try:
         return DetectorConfig(**{k: _coerce(k, v) for k, v in values.items()})
     except ConfigError as exc:
-        raise ConfigError(f"{exc} (in {source})") from None
+        match = _KEY_RE.match(str(exc))
+        key = match.group(1) if match else None
+        if key is not None and override_names and key in override_names and key in given:
+            raise ConfigError(_KEY_RE.sub(override_names[key], str(exc), count=1)) from None
+        raise ConfigError(f"{exc} (in {'overrides' if path is None else f'{path} with overrides'})") from None

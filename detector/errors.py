@@ -25,3 +25,19 @@ class SourceError(DetectorError):
 
 class SinkError(DetectorError):
     """An output (video, image, JSON Lines) cannot be written."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop signal (SIGINT, SIGTERM, SIGHUP) turned into an exception by the CLI, so every
+    ``finally`` runs and outputs are finalised, as for Ctrl-C."""
+
+    def __init__(self, signum: int, name: str) -> None:
+        super().__init__(name)
+        self.signum = signum
+        self.name = name
+        self.detail = ""
+        """What was kept, e.g. "; the frames processed so far are in out.mp4"."""
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

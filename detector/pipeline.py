@@ -143,6 +143,18 @@ def _reader(
     return _Worker("detector-read", read, stop)
 
 
+def _drain(detected: queue.Queue[Any], writer: _Worker, stop: threading.Event, timeout: float = 10.0) -> None:
+    """Let a healthy writer finish the frames already queued (bounded by ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while writer.is_alive() and not stop.is_set() and time.monotonic() < deadline:
+        try:
+            detected.put(_DONE, timeout=POLL_S)
+            break
+        except queue.Full:
+            continue
+    writer.join(max(0.0, deadline - time.monotonic()))
+
+
 def run_pipeline(
     frames: Iterable[Frame],
     detector: Detector,
@@ -218,6 +230,9 @@ def run_pipeline(
         writer.join()  # let the writer drain what is queued
     except (_Stop, StopPipeline):
         pass
+    except BaseException:
+        _drain(detected, writer, stop)  # a model error or Ctrl-C: what was detected is still written
+        raise
     finally:
         stop.set()
         if reader is not None:

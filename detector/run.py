@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 from tqdm import tqdm
 
 from .errors import SinkError
@@ -37,34 +38,113 @@ class RunResult:
     stats: Stats
 
 
-def plan_outputs(
-    source: AnySource, out: Path | None, json: Path | None, *, live_view: bool = False
-) -> tuple[Path | None, Path | None]:
-    """The annotated-media and JSON Lines paths, checked and with their folders created.
+@dataclass(frozen=True)
+class OutputPlan:
+    """Where a run writes: annotated media (a file or, for image folders, a folder), JSON Lines, stats."""
 
-    Files default to ./runs/ for file inputs. A live source writes only what
-    is asked for, and needs at least one of --out, --json, --show or --serve.
-    Raises ``SinkError`` for unusable paths or ones naming an input.
+    out: Path | None
+    json: Path | None
+    stats: Path | None = None
+
+
+def _json_beside(out: Path) -> Path:
+    return out.with_suffix(".jsonl") if out.suffix else out.with_name(out.name + ".jsonl")
+
+
+def _numbered(path: Path, n: int) -> Path:
+    return path if n == 1 else path.with_name(f"{path.stem}-{n}{path.suffix}")
+
+
+def _default_media(source: AnySource) -> Path:
+    info = source.info
+    assert isinstance(info.path, Path)
+    if info.kind == "video":
+        return DEFAULT_OUT_DIR / f"{info.path.stem}.mp4"
+    if info.kind == "image":
+        return DEFAULT_OUT_DIR / info.path.name
+    base = source.base if isinstance(source, ImageSource) else None
+    name = base.resolve().name if base is not None else info.path.resolve().name
+    return DEFAULT_OUT_DIR / (name.strip("*?[]") or "images")
+
+
+def _free_defaults(out: Path, json: Path | None) -> tuple[Path, Path]:
+    """``runs/x.mp4`` + ``runs/x.jsonl``, or the first ``runs/x-N.*`` pair of which neither exists,
+    so default outputs never overwrite each other or an earlier run's (``json``: the user's, kept)."""
+    for n in range(1, 100_000):
+        media = _numbered(out, n)
+        jsonl = json or _json_beside(media)
+        if not media.exists() and not (json is None and jsonl.exists()):
+            return media, jsonl
+    raise SinkError(f"{out.parent} holds too many earlier outputs named {out.stem}-N; clean it or pass --out")
+
+
+def _media_files(source: AnySource, out: Path) -> list[Path]:
+    """Every file the annotated output will consist of."""
+    if isinstance(source, ImageSource) and source.info.kind == "images":
+        return [out / name for name in source.names]
+    return [out]
+
+
+def _check_image_out(out: Path) -> None:
+    if not cv2.haveImageWriter(str(out)):
+        raise SinkError(f"cannot write an image as {out.name}: give --out an image extension such as .jpg or .png")
+
+
+def plan_outputs(
+    source: AnySource,
+    out: Path | None,
+    json: Path | None,
+    *,
+    live_view: bool = False,
+    stats: Path | None = None,
+) -> OutputPlan:
+    """The output paths, checked, with their folders created; nothing is written yet.
+
+    Files default to ./runs/ for file inputs, numbered (``x-2.mp4``) rather than
+    overwriting anything. A live source writes only what is asked for, and needs
+    at least one of --out, --json, --show or --serve. Raises ``SinkError`` for
+    unusable paths, two outputs naming one file, or any output naming an input.
     """
     info = source.info
-    if out is not None and info.kind in ("video", "camera", "stream") and out.suffix.lower() not in VIDEO_FOURCC:
+    video_like = info.kind in ("video", "camera", "stream")
+    if out is not None and video_like and out.suffix.lower() not in VIDEO_FOURCC:
         raise SinkError(f"cannot write video {out}: use one of {', '.join(VIDEO_FOURCC)} as the extension")
+    if out is not None and info.kind == "image":
+        _check_image_out(out)
     if isinstance(source, LiveSource):
         if out is None and json is None and not live_view:
             raise SinkError(f"live {info.kind} {source.name}: nothing to do; add --serve 8080, --show, --out or --json")
-        return (prepare_output(out) if out else None), (prepare_output(json) if json else None)
-    assert isinstance(info.path, Path)
-    if out is None:
-        if info.kind == "video":
-            out = DEFAULT_OUT_DIR / f"{info.path.stem}.mp4"
-        elif info.kind == "image":
-            out = DEFAULT_OUT_DIR / info.path.name
+        inputs: tuple[Path, ...] = ()
+    else:
+        if out is None:
+            out, json = _free_defaults(_default_media(source), json)
+        elif json is None:
+            json = _json_beside(out)
+        inputs = tuple(source.paths) if isinstance(source, ImageSource) else (Path(info.path),)
+    named: dict[Path, str] = {}
+    for what, path in (("--out", out), ("--json", json), ("--stats", stats)):
+        if path is None:
+            continue
+        key = path.resolve()
+        if key in named:
+            raise SinkError(f"{what} {path} is the same file as {named[key]}; give each output its own path")
+        named[key] = f"{what} {path}"
+    resolved_inputs = {p.resolve(): p for p in inputs}
+    for path in [*(_media_files(source, out) if out is not None else []), *(p for p in (json, stats) if p)]:
+        hit = resolved_inputs.get(path.resolve())
+        if hit is not None:
+            raise SinkError(f"output {path} would overwrite the input {hit}; choose another --out/--json path")
+    if json is not None:
+        prepare_output(json)
+    if stats is not None:
+        prepare_output(stats)
+    if out is not None:
+        if info.kind == "images":
+            if out.exists() and not out.is_dir():
+                raise SinkError(f"--out {out} is a file; image folders are written to a folder")
         else:
-            out = DEFAULT_OUT_DIR / (info.path.name.strip("*?[]") or "images")
-    if json is None:
-        json = out.with_suffix(".jsonl") if out.suffix else out.with_name(out.name + ".jsonl")
-    inputs = tuple(source.paths) if isinstance(source, ImageSource) else (info.path,)
-    return prepare_output(out, inputs), prepare_output(json, inputs)
+            prepare_output(out)
+    return OutputPlan(out, json, stats)
 
 
 def run(
@@ -78,12 +158,16 @@ def run(
     serve: str | None = None,
     show: bool = False,
     hud: bool = False,
+    plan: OutputPlan | None = None,
 ) -> RunResult:
     """Run ``detector`` over a source (a spec, or an opened source, which this closes).
 
     Decoding, detection and rendering+writing overlap
     (:func:`detector.pipeline.run_pipeline`). ``serve`` (``[HOST:]PORT``) adds the
     browser view, ``show`` a window, ``hud`` a status line on every frame.
+    ``plan`` (from :func:`plan_outputs`) replaces ``out``/``json``.
+    Views open first and files last, so a view that cannot start touches no file;
+    files are renamed into place when finalised (see :mod:`detector.io.sinks`).
     """
     start = time.perf_counter()
     if not isinstance(source, (ImageSource, VideoFileSource, LiveSource)):
@@ -91,15 +175,9 @@ def run(
     with contextlib.ExitStack() as stack:
         stack.enter_context(source)
         info = source.info
-        out, json = plan_outputs(source, out, json, live_view=bool(serve or show))
-        writers: list[Any] = []
-        jsonl = stack.enter_context(JsonlSink(json)) if json else None
-        if out is not None:
-            if info.kind in ("video", "camera", "stream"):
-                assert info.width and info.height
-                writers.append(stack.enter_context(VideoFileSink(out, info.fps or 30.0, (info.width, info.height))))
-            else:
-                writers.append(stack.enter_context(ImageSink(out, folder=info.kind == "images")))
+        live = isinstance(source, LiveSource)
+        if plan is None:
+            plan = plan_outputs(source, out, json, live_view=bool(serve or show))
         browser = None
         if serve is not None:
             from .io.browser import BrowserSink, parse_address
@@ -111,15 +189,22 @@ def run(
             from .io.window import WindowSink
 
             window = stack.enter_context(WindowSink(f"detector: {detector.name}"))
-        live = isinstance(source, LiveSource)
-        total = (
-            None
-            if live
-            else (info.frame_count if max_frames is None else min(max_frames, info.frame_count or max_frames))
-        )
+        video = images = None
+        if plan.out is not None:
+            if info.kind in ("video", "camera", "stream"):
+                assert info.width and info.height
+                stride = source.stride if isinstance(source, VideoFileSource) else 1
+                fps = (info.fps or 30.0) / stride  # a strided video keeps its duration
+                video = stack.enter_context(VideoFileSink(plan.out, fps, (info.width, info.height), timed=live))
+            else:
+                images = stack.enter_context(ImageSink(plan.out, folder=info.kind == "images"))
+        jsonl = stack.enter_context(JsonlSink(plan.json)) if plan.json else None
+        planned = source.planned_frames if isinstance(source, VideoFileSource) else info.frame_count
+        total = None if live else (planned if max_frames is None else min(max_frames, planned or max_frames))
         bar = stack.enter_context(tqdm(total=total, unit="frame", disable=not progress, leave=False))
         status = Hud(detector.name)
         counts = [0]
+        with_image = info.kind in ("image", "images")
 
         def render(frame: Frame, dets: Detections) -> None:
             annotate(frame.image, dets, copy=False)
@@ -128,14 +213,13 @@ def run(
                 status.draw(frame.image, frame.index, (time.perf_counter() - frame.captured_at) * 1000)
 
         def write(frame: Frame, dets: Detections) -> None:
-            for writer in writers:
-                if isinstance(writer, VideoFileSink):
-                    writer.write(frame.image)
-                else:
-                    writer.write(frame.image, frame.name)
+            if video is not None:
+                video.write(frame.image, frame.timestamp)
+            if images is not None:
+                images.write(frame.image, frame.name)
             if jsonl is not None:
                 record: dict[str, Any] = {"frame": frame.index, "time": round(frame.timestamp, 6)}
-                if info.kind in ("image", "images"):
+                if with_image:
                     record["image"] = frame.name
                 record["detections"] = dets.to_dict()
                 jsonl.write(record)
@@ -149,4 +233,5 @@ def run(
             bar.update()
 
         stats = run_pipeline(source, detector, write, render=render, max_frames=max_frames)
-    return RunResult(stats.frames, counts[0], out, json, time.perf_counter() - start, stats)
+    return RunResult(stats.frames, counts[0], video.path if video else plan.out, jsonl.path if jsonl else plan.json,
+                     time.perf_counter() - start, stats)  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .categories import COCO_CLASS_NAMES, label_name
+from .categories import COCO_CLASS_NAMES, UNUSED_NAMES, label_name
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,15 +55,24 @@ class Detections:
         return [label_name(self.class_names, int(label)) for label in self.labels]
 
     def label_ids(self, classes: Iterable[str | int]) -> set[int]:
-        """Label ids for class names or ids; raises ``ValueError`` naming an unknown class."""
+        """Label ids for class names (case-insensitive) or ids; raises ``ValueError`` naming an
+        unknown class, with the closest known name or the range of valid ids."""
+        known = [n for n in self.class_names if n not in UNUSED_NAMES]
         ids: set[int] = set()
         for cls in classes:
-            if isinstance(cls, (int, np.integer)) or (isinstance(cls, str) and cls.isdigit()):
-                ids.add(int(cls))
+            if isinstance(cls, (int, np.integer)) or (isinstance(cls, str) and cls.strip().isdigit()):
+                label = int(cls)
+                if not 0 <= label < len(self.class_names) or self.class_names[label] in UNUSED_NAMES:
+                    valid = [i for i, n in enumerate(self.class_names) if n not in UNUSED_NAMES]
+                    raise ValueError(f"unknown class id {label} (this model's ids run {valid[0]}..{valid[-1]})")
+                ids.add(label)
                 continue
-            matches = [i for i, name in enumerate(self.class_names) if name == cls]
+            wanted = str(cls).strip().lower()
+            matches = [i for i, name in enumerate(self.class_names) if name.lower() == wanted]
             if not matches:
-                raise ValueError(f"unknown class {cls!r}")
+                close = difflib.get_close_matches(wanted, [n.lower() for n in known], n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise ValueError(f"unknown class {cls!r}{hint}")
             ids.update(matches)
         return ids
 

@@ -70,7 +70,10 @@ def test_live_view_in_chromium_and_ctrl_c(tmp_path: Path) -> None:
     finally:
         if driver is not None:
             driver.quit()
-        wait_for(lambda: jsonl.exists() and len(jsonl.read_text().splitlines()) >= 3, 60, "a few frames written")
+        # outputs are written under a temporary name until finalised
+        partial = lambda: next(tmp_path.glob("live.partial-*.jsonl"), None)  # noqa: E731
+        wait_for(lambda: (p := partial()) and len(p.read_text().splitlines()) >= 3, 60, "a few frames written")
+        assert not jsonl.exists(), "the JSON Lines file appears under its own name only when complete"
         proc.send_signal(signal.SIGINT)
         try:
             _, err = proc.communicate(timeout=30)
@@ -78,7 +81,8 @@ def test_live_view_in_chromium_and_ctrl_c(tmp_path: Path) -> None:
             proc.kill()
             pytest.fail("the run did not stop within 30 s of Ctrl-C")
     assert proc.returncode == 130, err
-    assert "interrupted" in err and "Traceback" not in err
+    assert "interrupted by SIGINT" in err and "Traceback" not in err
+    assert not list(tmp_path.glob("*partial*")), "no temporary file is left behind"
     lines = [json.loads(x) for x in jsonl.read_text().splitlines()]
     cap = cv2.VideoCapture(str(out))
     try:

@@ -113,7 +113,7 @@ def test_errors_are_one_line(tmp_path: Path) -> None:
         (("run", str(text)), ("cannot decode",)),
         (("run", video, "--config", str(cfg)), ("unknown config key 'modle'", "did you mean 'model'")),
         (("run", video, "--model", "yolo"), ("unknown model 'yolo'",)),
-        (("run", video, "--score", "2"), ("score_threshold",)),
+        (("run", video, "--score", "2"), ("--score", "[0, 1]")),
         (("run", video, "--offline"), ("fasterrcnn_resnet50_fpn_coco-258fb6c6.pth", "--weights random")),
         (("run", video, "--model", str(TORCHSCRIPT), "--out", str(blocker / "x.mp4")), ("cannot create output",)),
         (("run", video, "--model", str(TORCHSCRIPT), "--out", str(tmp_path / "x.gif")), ("extension",)),
@@ -134,7 +134,7 @@ def test_input_is_never_overwritten(tmp_path: Path) -> None:
     shutil.copy(Path(__file__).resolve().parents[1] / "demo" / "vtest_excerpt.mp4", clip)
     before = clip.read_bytes()
     res = run_cli("run", str(clip), "--model", str(TORCHSCRIPT), "--out", str(clip))
-    one_line_error(res, "is the input file")
+    one_line_error(res, "would overwrite the input")
     assert clip.read_bytes() == before
 
 

@@ -107,13 +107,15 @@ def test_jsonl_sink_flushes_each_line(tmp_path: Path) -> None:
     path = tmp_path / "d.jsonl"
     with JsonlSink(path) as sink:
         sink.write({"frame": 0})
-        assert path.read_text() == '{"frame":0}\n'  # readable before close
+        partial = next(tmp_path.glob("d.partial-*.jsonl"))  # renamed into place when complete
+        assert partial.read_text() == '{"frame":0}\n'  # readable before close
+    assert path.read_text() == '{"frame":0}\n' and not partial.exists()
 
 
 def test_outputs_never_overwrite_the_input(tmp_path: Path) -> None:
     src = tmp_path / "in.mp4"
     shutil.copy(DEMO, src)
-    with pytest.raises(SinkError, match="is the input"):
+    with pytest.raises(SinkError, match="is an input file"):
         prepare_output(src, (src,))
     blocker = tmp_path / "file"
     blocker.write_text("x")

@@ -5,6 +5,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
+import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,12 +17,16 @@ from pycocotools.coco import COCO
 
 from ..errors import DetectorError
 
+log = logging.getLogger(__name__)
+
 
 class DatasetError(DetectorError):
     """A COCO annotations or results file, or the image folder behind it, is unusable."""
 
 
 def read_json(path: Path, what: str) -> Any:
+    if path.is_dir():
+        raise DatasetError(f"{what} file {path} is a folder; pass the JSON file inside it")
     if not path.is_file():
         raise DatasetError(f"{what} file {path} not found; check the path")
     try:
@@ -51,18 +58,48 @@ def validate_ground_truth(data: Any, path: Path) -> dict[str, Any]:
     missing = [k for k in ("images", "annotations", "categories") if not isinstance(data.get(k), list)]
     if missing:
         raise DatasetError(f"{path} lacks the list(s) {', '.join(missing)}; is it a COCO instances file?")
+    seen: set[int] = set()
     for img in data["images"]:
         _need(img, ("id",), "images", path)
+        if not _is_int(img["id"]):
+            raise DatasetError(
+                f"{path}: image id {img['id']!r} is not an integer; COCO image ids are integers, re-export the file"
+            )
+        if img["id"] in seen:
+            raise DatasetError(f"{path}: image id {img['id']} appears twice in 'images'; give each image its own id")
+        seen.add(img["id"])
     for cat in data["categories"]:
         _need(cat, ("id", "name"), "categories", path)
+        if not _is_int(cat["id"]):
+            raise DatasetError(f"{path}: category id {cat['id']!r} is not an integer; re-export the file")
+    cat_ids = {c["id"] for c in data["categories"]}
+    orphans: Counter[str] = Counter()
     for ann in data["annotations"]:
         _need(ann, ("id", "image_id", "category_id", "bbox"), "annotations", path)
         bbox = ann["bbox"]
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
             raise DatasetError(f"{path}: annotation {ann['id']} has bbox {bbox!r}; it must be [x, y, width, height]")
+        if ann["image_id"] not in seen:
+            orphans["image"] += 1
+        if ann["category_id"] not in cat_ids:
+            orphans["category"] += 1
         ann.setdefault("iscrowd", 0)
         ann.setdefault("area", float(bbox[2]) * float(bbox[3]))
+    if orphans["image"]:
+        log.warning("%s: %d annotation(s) name an image id that is not in 'images'; they are not scored",
+                    path, orphans["image"])  # fmt: skip
+    if orphans["category"]:
+        log.warning("%s: %d annotation(s) name a category id that is not in 'categories'; they are not scored",
+                    path, orphans["category"])  # fmt: skip
     return data
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def coco_from_dict(data: dict[str, Any]) -> COCO:

@@ -188,12 +188,12 @@ class CocoEvaluator:
 
 
 def _gather_speed(speed: Speed) -> Speed:
-    t = torch.tensor([speed.images, speed.model_seconds, speed.total_seconds], dtype=torch.float64)
-    parts = [torch.zeros_like(t) for _ in range(_world()[1])]
-    dist.all_gather(parts, t)
-    stacked = torch.stack(parts)
+    """Object collectives work on every backend (NCCL refuses CPU tensors)."""
+    parts: list[Speed | None] = [None] * _world()[1]
+    dist.all_gather_object(parts, speed)
+    got = [p for p in parts if p is not None]
     # model time adds up over processes; wall time is the slowest process's
-    return Speed(int(stacked[:, 0].sum()), float(stacked[:, 1].sum()), float(stacked[:, 2].max()))
+    return Speed(sum(p.images for p in got), sum(p.model_seconds for p in got), max(p.total_seconds for p in got))
 
 
 def evaluate(detector: Detector, dataset: CocoDataset, *, batch_size: int = 1, backend: str = "pycocotools",

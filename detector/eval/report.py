@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import SinkError
+from ..io.sinks import write_text_atomic
 from .evaluator import EvalReport
 from .scoring import ClassAP, Scores
 
@@ -139,19 +141,39 @@ def plot_pr(scores: Scores, out_dir: Path) -> list[Path]:
     return paths
 
 
-def write_outputs(report: EvalReport, out_dir: Path, *, write_results: bool = True) -> list[Path]:
-    """Write results.json (when the detections are ours), metrics.json, report.md and the plots."""
+OUTPUT_FILES = ("results.json", "metrics.json", "report.md", "pr_overall.png", "pr_classes.png")
+
+
+def check_out_dir(out_dir: Path, inputs: tuple[Path, ...] = ()) -> None:
+    """Create ``out_dir`` and make sure it can be written, and that no output would replace an
+    input -- before the model runs, so a bad ``--out`` costs no evaluation."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SinkError(f"--out {out_dir} is a file; eval writes a folder of outputs, give a folder path")
+    resolved = {p.resolve(): p for p in inputs}
+    for name in OUTPUT_FILES:
+        hit = resolved.get((out_dir / name).resolve())
+        if hit is not None:
+            raise SinkError(f"--out {out_dir} would overwrite the input {hit}; choose another --out folder")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".write-check-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
     except OSError as exc:
-        raise SinkError(f"cannot create output folder {out_dir} ({exc.strerror}); choose a writable --out") from None
+        raise SinkError(f"cannot write in {out_dir} ({exc.strerror}); choose a writable --out folder") from None
+
+
+def write_outputs(report: EvalReport, out_dir: Path, *, write_results: bool = True) -> list[Path]:
+    """Write results.json (when the detections are ours), metrics.json, report.md and the plots,
+    each under a temporary name renamed into place."""
+    check_out_dir(out_dir)
     written = []
     if write_results:
         written.append(out_dir / "results.json")
-        written[-1].write_text(json.dumps(report.results), encoding="utf-8")
+        write_text_atomic(written[-1], json.dumps(report.results))
     written.append(out_dir / "metrics.json")
-    written[-1].write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(written[-1], json.dumps(report.to_dict(), indent=2) + "\n")
     written.append(out_dir / "report.md")
-    written[-1].write_text(markdown(report), encoding="utf-8")
+    write_text_atomic(written[-1], markdown(report))
     written += plot_pr(report.scores, out_dir)
     return written

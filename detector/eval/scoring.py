@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -17,6 +19,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from .dataset import DatasetError, coco_from_dict
+
+log = logging.getLogger(__name__)
 
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 BACKENDS = ("pycocotools", "faster-coco-eval")
@@ -52,14 +56,14 @@ def validate_results(results: Any, gt: COCO, source: str) -> list[dict[str, Any]
     would reject with an assertion (unknown images) or silently ignore (unknown categories)."""
     if not isinstance(results, list):
         raise DatasetError(f"{source} must be a JSON list of detections (COCO results format)")
-    for row in results:
+    for i, row in enumerate(results):
         if not isinstance(row, dict) or any(k not in row for k in ("image_id", "category_id", "bbox", "score")):
             raise DatasetError(
                 f"{source}: every detection needs image_id, category_id, bbox and score; got {str(row)[:120]}"
             )
-        bbox = row["bbox"]
-        if not (isinstance(bbox, list) and len(bbox) == 4):
-            raise DatasetError(f"{source}: bbox must be [x, y, width, height]; got {bbox!r}")
+        why = _bad_row(row)
+        if why:
+            raise DatasetError(f"{source}: detection {i} {why}: {str(row)[:120]}; fix the file")
     unknown_images = sorted({r["image_id"] for r in results} - set(gt.imgs))
     if unknown_images:
         raise DatasetError(
@@ -72,7 +76,51 @@ def validate_results(results: Any, gt: COCO, source: str) -> list[dict[str, Any]
             f"{source}: category id(s) {', '.join(map(str, unknown_cats[:5]))} are not in the ground truth; "
             "map the model's labels to the dataset's category ids"
         )
+    _warn_if_xyxy(results, gt, source)
     return results
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _bad_row(row: dict[str, Any]) -> str | None:
+    """What is wrong with one results row, or None."""
+    for key in ("image_id", "category_id"):
+        if not isinstance(row[key], int) or isinstance(row[key], bool):
+            return f"has {key} {row[key]!r}; it must be an integer"
+    bbox = row["bbox"]
+    if not (isinstance(bbox, list) and len(bbox) == 4):
+        return "has a bbox that is not [x, y, width, height]"
+    if not all(_is_number(v) for v in bbox):
+        return "has a bbox value that is not a finite number"
+    if bbox[2] < 0 or bbox[3] < 0:
+        return "has a negative bbox width or height (bbox is [x, y, width, height])"
+    if not _is_number(row["score"]):
+        return "has a score that is not a finite number"
+    return None
+
+
+def _warn_if_xyxy(results: list[dict[str, Any]], gt: COCO, source: str) -> None:
+    """Boxes given as [x1, y1, x2, y2] score near zero with no error: warn when most of them run
+    past the image edge read as [x, y, width, height], which xywh boxes from a detector never do."""
+    past = checked = 0
+    for row in results:
+        img = gt.imgs.get(row["image_id"], {})
+        w, h = img.get("width"), img.get("height")
+        if not (_is_number(w) and _is_number(h)):
+            continue
+        x, y, bw, bh = row["bbox"]
+        checked += 1
+        past += x + bw > 1.02 * w or y + bh > 1.02 * h
+    if checked >= 10 and past > 0.25 * checked:
+        log.warning(
+            "%s: %d of %d boxes run past the image edge when read as [x, y, width, height]; "
+            "COCO results need [x, y, width, height] boxes, not [x1, y1, x2, y2]",
+            source,
+            past,
+            checked,
+        )
 
 
 def _load_results(gt: COCO, results: list[dict[str, Any]]) -> COCO:

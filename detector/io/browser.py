@@ -8,6 +8,7 @@ skips frames and never holds up the pipeline or the other viewers.
 
 from __future__ import annotations
 
+import errno
 import html
 import json
 import logging
@@ -58,6 +59,36 @@ def parse_address(spec: str) -> tuple[str, int]:
     if not port.isdigit() or not 0 <= int(port) <= 65535:
         raise SinkError(f"--serve takes PORT or HOST:PORT (e.g. 8080 or 0.0.0.0:8080), got {spec!r}")
     return host, int(port)
+
+
+def check_address(host: str, port: int) -> None:
+    """Fail now, with one line, if ``host:port`` cannot be served (unknown host, address not on this
+    machine, port in use), before the model loads or any output is opened."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        raise SinkError(
+            f"--serve host {host!r} cannot be resolved; use an address of this machine such as 127.0.0.1 or 0.0.0.0"
+        ) from None
+    family, _, _, _, addr = infos[0]
+    probe = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(addr)
+    except OSError as exc:
+        raise SinkError(_bind_error(host, port, exc)) from None
+    finally:
+        probe.close()
+
+
+def _bind_error(host: str, port: int, exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return f"port {port} on {host} is already in use; pick a free port with --serve PORT"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"--serve address {host} is not an address of this machine; use 127.0.0.1 or 0.0.0.0"
+    if exc.errno == errno.EACCES:
+        return f"no permission to serve on port {port} (ports below 1024 need root); pick a port such as 8080"
+    return f"cannot serve on {host}:{port} ({exc.strerror}); pick another --serve address"
 
 
 class BrowserSink(Closeable):
@@ -142,10 +173,10 @@ class BrowserSink(Closeable):
 
         try:
             self._server = Server((host, port), Handler)
+        except socket.gaierror:
+            raise SinkError(f"--serve host {host!r} cannot be resolved; use 127.0.0.1 or 0.0.0.0") from None
         except OSError as exc:
-            raise SinkError(
-                f"cannot serve on {host}:{port} ({exc.strerror}); pick a free port with --serve PORT"
-            ) from None
+            raise SinkError(_bind_error(host, port, exc)) from None
         self.host, self.port = str(self._server.server_address[0]), int(self._server.server_address[1])
         self._thread = threading.Thread(target=self._server.serve_forever, name="detector-http", daemon=True)
         self._thread.start()

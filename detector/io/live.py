@@ -108,6 +108,7 @@ class LiveSource(_Source):
             self._cond.notify_all()
 
     def _capture_loop(self) -> None:
+        """Owns the capture from here on: only this thread reads, reopens and releases it."""
         try:
             while not self._stop.is_set():
                 ok, frame = self._cap.read()
@@ -117,6 +118,7 @@ class LiveSource(_Source):
                 if not self._reconnect or not self._reopen():
                     break
         finally:
+            self._cap.release()
             with self._cond:
                 self._ended = True
                 self._cond.notify_all()
@@ -165,11 +167,16 @@ class LiveSource(_Source):
             raise self._error
 
     def close(self) -> None:
+        """Stop the capture thread; it releases its capture itself when its current read returns
+        (a read blocked on a dead stream ends at the stream's read timeout)."""
         self._stop.set()
         thread = getattr(self, "_thread", None)
-        if thread is not None:
-            thread.join(timeout=10)
-        self._cap.release()
+        if thread is None:
+            return
+        thread.join(timeout=10)
+        if thread.is_alive():
+            log.warning("%s %s: the capture is still busy; it will be released when its read returns",
+                        self.kind, self.name)  # fmt: skip
 
 
 def open_camera(index: int, **kwargs: float) -> LiveSource:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -77,10 +78,14 @@ class ImageSource(_Source):
     """One or more image files, in the given order. Undecodable files in a
     folder are skipped with a warning; a single undecodable image is an error."""
 
-    def __init__(self, paths: list[Path], origin: Path, kind: SourceKind) -> None:
+    def __init__(self, paths: list[Path], origin: Path, kind: SourceKind, base: Path | None = None) -> None:
         if not paths:
             raise SourceError(f"no images found at {origin}; give a folder or glob with .jpg/.png files")
         self.paths = paths
+        self.base = base
+        """For a glob: the folder before its first wildcard; names are relative to it."""
+        self.names = image_names(paths, base)
+        """Each image's name relative to ``base`` (sub-folders kept, ``/``-separated): unique per source."""
         first = read_image(paths[0]) if kind == "image" else None
         if kind == "image" and first is None:
             raise SourceError(f"cannot decode {paths[0]} as an image; is it a valid image file?")
@@ -94,63 +99,123 @@ class ImageSource(_Source):
             if image is None:
                 log.warning("skipping %s: not a decodable image", path)
                 continue
-            yield Frame(i, 0.0, image, path.name, time.perf_counter())
+            yield Frame(i, 0.0, image, self.names[i], time.perf_counter())
 
 
 class VideoFileSource(_Source):
     """Every frame of a video file in order (none dropped), optionally from
-    ``start``, before ``end`` (frame indices) and every ``stride``-th."""
+    ``start``, before ``end`` (frame indices) and every ``stride``-th.
+
+    Frame ``i`` is always the i-th frame of a sequential decode: ``start`` is
+    reached by decoding forward from the first frame (``grab``, without colour
+    conversion), because container seeks land a few frames off on some files
+    (H.264 with B-frames) and OpenCV then reports the wrong position.
+    ``close()`` waits for a ``read()`` in progress on another thread, so the
+    capture is never released under a reader.
+    """
 
     def __init__(self, path: Path, *, stride: int = 1, start: int = 0, end: int | None = None) -> None:
         if stride < 1 or start < 0 or (end is not None and end <= start):
             raise SourceError(f"need stride >= 1, start >= 0 and end > start; got {stride}, {start}, {end}")
         self.stride, self.start, self.end = stride, start, end
+        self._lock = threading.Lock()
+        self._closed = False
         self._cap = cv2.VideoCapture(str(path))
         try:
-            if start and self._cap.isOpened():
-                self._cap.set(cv2.CAP_PROP_POS_FRAMES, start)
-            ok, first = self._cap.read() if self._cap.isOpened() else (False, None)
+            opened = self._cap.isOpened()
+            fps = float(self._cap.get(cv2.CAP_PROP_FPS) or 0.0) if opened else 0.0
+            count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if opened else 0
+            skipped = 0
+            while opened and skipped < start and self._cap.grab():
+                skipped += 1
+            ok, first = self._cap.read() if opened and skipped == start else (False, None)
             if not ok or first is None:
-                where = f" at frame {start}" if start else ""
-                raise SourceError(
-                    f"cannot decode {path} as a video or image{where}; is it a media file OpenCV can read?"
-                )
-            if start:  # seeking can land elsewhere in some codecs: trust the decoder's position
-                start = max(0, int(self._cap.get(cv2.CAP_PROP_POS_FRAMES)) - 1)
+                if opened and start:
+                    raise SourceError(
+                        f"--start {start} is past the end of {path}: it has {skipped} frames; "
+                        f"use a --start below {skipped}"
+                    )
+                raise SourceError(f"cannot decode {path} as a video or image; is it a media file OpenCV can read?")
         except BaseException:
             self._cap.release()
             raise
         self._first: np.ndarray | None = first
-        self._first_index = start
-        fps = float(self._cap.get(cv2.CAP_PROP_FPS) or 0.0)
-        count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         h, w = first.shape[:2]
         self.info = SourceInfo("video", path, w, h, fps if fps > 0 else None, count if count > 0 else None)
 
+    @property
+    def planned_frames(self) -> int | None:
+        """How many frames iteration will yield, from the announced count (None when unknown)."""
+        count = self.info.frame_count
+        if count is None:
+            return None
+        stop = min(count, self.end) if self.end is not None else count
+        return len(range(self.start, stop, self.stride))
+
+    def _read(self) -> tuple[bool, np.ndarray | None]:
+        with self._lock:
+            if self._closed:
+                return False, None
+            return self._cap.read()
+
     def __iter__(self) -> Iterator[Frame]:
         fps = self.info.fps or 0.0
-        index = self._first_index
+        index = self.start
         frame = self._first
         self._first = None
         name = Path(self.info.path).stem
         while frame is not None and (self.end is None or index < self.end):
-            if (index - self._first_index) % self.stride == 0:
+            if (index - self.start) % self.stride == 0:
                 yield Frame(index, index / fps if fps else 0.0, frame, name, time.perf_counter())
-            ok, frame = self._cap.read()
+            ok, frame = self._read()
             if not ok:
-                announced = self.info.frame_count
-                if announced is not None and index + 1 < min(announced, self.end or announced):
-                    log.warning("%s ended after %d of %d announced frames; the file may be truncated or damaged",
-                                self.info.path, index + 1, announced)  # fmt: skip
+                if not self._closed:
+                    self._check_length(index + 1)
                 break
             index += 1
 
+    def _check_length(self, decoded: int) -> None:
+        """Warn when a video ends well before the frame count its header announces (a damaged
+        file); a few frames short is common in valid files and says nothing."""
+        announced = self.info.frame_count
+        if announced is None:
+            return
+        expected = min(announced, self.end or announced)
+        if expected - decoded > max(10, 0.02 * expected):
+            log.warning("%s ended after %d of %d announced frames; the file may be truncated or damaged",
+                        self.info.path, decoded, announced)  # fmt: skip
+
     def close(self) -> None:
-        self._cap.release()
+        with self._lock:
+            self._closed = True
+            self._cap.release()
 
 
 def _glob_paths(pattern: str) -> list[Path]:
     return sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).suffix.lower() in IMAGE_EXTS)
+
+
+def glob_base(pattern: str) -> Path:
+    """The folder part of a glob before its first wildcard (``cams/*/img.jpg`` -> ``cams``)."""
+    fixed: list[str] = []
+    for part in Path(pattern).parts[:-1]:
+        if any(c in part for c in GLOB_CHARS):
+            break
+        fixed.append(part)
+    return Path(*fixed) if fixed else Path(".")
+
+
+def image_names(paths: list[Path], base: Path | None) -> list[str]:
+    """Names for output files and JSON lines: relative to ``base`` when given, else the file name."""
+    if base is None:
+        return [p.name for p in paths]
+    names = []
+    for p in paths:
+        try:
+            names.append(p.relative_to(base).as_posix())
+        except ValueError:
+            names.append(p.name)
+    return names
 
 
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
@@ -170,7 +235,7 @@ def open_source(
         return open_stream(text)
     path = Path(text).expanduser()
     if any(c in text for c in GLOB_CHARS) and not path.exists():
-        return ImageSource(_glob_paths(str(path)), path, "images")
+        return ImageSource(_glob_paths(str(path)), path, "images", base=glob_base(str(path)))
     if not path.exists():
         raise SourceError(f"input {path} not found; check the path")
     if path.is_dir():

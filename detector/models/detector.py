@@ -23,6 +23,7 @@ from ..errors import ConfigError
 from ..structures import Detections
 
 Frame = np.ndarray | torch.Tensor
+NONE_FRAME = "the frame is None: was it read successfully? (cv2.imread returns None for a bad path)"
 AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -102,6 +103,10 @@ class Detector:
     # -- stages ---------------------------------------------------------------
 
     def _to_tensor(self, frame: Frame) -> torch.Tensor:
+        if frame is None:
+            raise TypeError(NONE_FRAME)
+        if isinstance(frame, (np.ndarray, torch.Tensor)) and 0 in tuple(frame.shape):
+            raise ValueError(f"the frame is empty (shape {tuple(frame.shape)}); pass an image with pixels")
         if isinstance(frame, torch.Tensor):
             if frame.ndim != 3 or frame.shape[0] != 3:
                 raise ValueError(f"tensor frames must be RGB (3, H, W), got shape {tuple(frame.shape)}")
@@ -187,6 +192,8 @@ class Detector:
 
         A 4-D numpy array (B, H, W, 3) or tensor (B, 3, H, W) is a batch.
         """
+        if frames is None:
+            raise TypeError(NONE_FRAME)
         single = isinstance(frames, (np.ndarray, torch.Tensor)) and frames.ndim in (2, 3)
         batch: Sequence[Frame] = [frames] if single else list(frames)  # type: ignore[list-item,arg-type]
         results = self.postprocess(self.forward(self.preprocess(batch))) if batch else []

@@ -145,6 +145,17 @@ def resolve(
     return download(spec, progress=progress)
 
 
+def _load_failure(path: Path, exc: Exception) -> str:
+    """Why ``torch.load`` failed, in our words (torch's own messages run to paragraphs)."""
+    with path.open("rb") as f:
+        head = f.read(2)
+    if head != b"PK" and head[:1] != b"\x80":  # neither torch's zip format nor a legacy pickle
+        return "it is not a PyTorch file; pass a .pth saved with torch.save(model.state_dict(), ...)"
+    if "weights only" in str(exc).lower() or "weights_only" in str(exc):
+        return "it holds Python objects besides tensors; save model.state_dict() with torch.save and pass that"
+    return "it is corrupt or truncated; download or save it again"
+
+
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Verify (when the name carries a hash) and load a state_dict with ``weights_only=True``.
 
@@ -155,11 +166,7 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for damaged or foreign files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(
-            f"cannot load weights file {path} ({first[:160]}); it is corrupt or not a PyTorch "
-            "state_dict, download or save it again"
-        ) from None
+        raise WeightsError(f"cannot load weights file {path}: {_load_failure(path, exc)}") from None
     for key in ("model", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

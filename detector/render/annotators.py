@@ -57,30 +57,64 @@ class BoxAnnotator:
 
 @dataclass
 class LabelAnnotator:
-    """``name score`` on a filled tag in the class colour, above the box (inside it at the top edge)."""
+    """``name score`` on a filled tag in the class colour, above the box.
+
+    Tags never leave the frame and avoid each other: the most confident
+    detection is placed first, and each next tag takes the first free spot of
+    above the box, inside its top edge, below it, or inside its bottom edge.
+    Only when all four are taken does a tag overlap another, and then the more
+    confident one is drawn on top.
+    """
 
     scale: float | None = None
     show_score: bool = True
 
-    def __call__(self, frame: np.ndarray, detections: Detections) -> np.ndarray:
+    def layout(self, frame: np.ndarray, detections: Detections) -> list[Tag]:
+        """Where each tag goes, most confident first (rectangles are x1, y1, x2, y2, end-exclusive)."""
         scale = self.scale or font_scale(frame)
         thick = max(1, round(scale * 1.6))
+        pad = max(2, thick + 1)
         h, w = frame.shape[:2]
         names = detections.names
-        for i in _draw_order(detections):
+        tags: list[Tag] = []
+        for i in _draw_order(detections)[::-1]:  # most confident first: it gets the best spot
             text = f"{names[i]} {detections.scores[i]:.2f}" if self.show_score else names[i]
             (tw, th), base = cv2.getTextSize(text, FONT, scale, thick)
-            pad = max(2, thick + 1)
-            x1, y1 = (int(round(v)) for v in detections.boxes[i, :2])
-            x1 = min(max(x1, 0), max(0, w - tw - 2 * pad))
-            top = y1 - th - base - 2 * pad
-            if top < 0:  # no room above: draw inside the box
-                top = max(y1, 0)
-            top = min(top, max(0, h - th - base - 2 * pad))
-            color = class_color(int(detections.labels[i]))
-            cv2.rectangle(frame, (x1, top), (x1 + tw + 2 * pad, top + th + base + 2 * pad), color, -1)
-            cv2.putText(frame, text, (x1 + pad, top + pad + th), FONT, scale, text_color_on(color), thick, cv2.LINE_AA)
+            tag_w, tag_h = tw + 2 * pad, th + base + 2 * pad
+            x1, y1, _, y2 = (int(round(v)) for v in detections.boxes[i])
+            left = min(max(x1, 0), max(0, w - tag_w))
+            tops = [t for t in (y1 - tag_h, y1, y2, y2 - tag_h) if 0 <= t <= h - tag_h] or [
+                min(max(y1 - tag_h, 0), max(0, h - tag_h))
+            ]
+            spots = [(left, t, left + tag_w, t + tag_h) for t in tops]
+            free = [r for r in spots if not any(_overlaps(r, tag.rect) for tag in tags)]
+            tags.append(Tag(int(i), text, (free or spots)[0], scale, thick, pad, th))
+        return tags
+
+    def __call__(self, frame: np.ndarray, detections: Detections) -> np.ndarray:
+        for tag in reversed(self.layout(frame, detections)):  # least confident first: the best ends on top
+            x0, y0, x1, y1 = tag.rect
+            color = class_color(int(detections.labels[tag.index]))
+            cv2.rectangle(frame, (x0, y0), (x1 - 1, y1 - 1), color, -1)
+            cv2.putText(frame, tag.text, (x0 + tag.pad, y0 + tag.pad + tag.text_height), FONT, tag.scale,
+                        text_color_on(color), tag.thickness, cv2.LINE_AA)  # fmt: skip
         return frame
+
+
+@dataclass(frozen=True)
+class Tag:
+    index: int
+    """The detection it labels."""
+    text: str
+    rect: tuple[int, int, int, int]
+    scale: float
+    thickness: int
+    pad: int
+    text_height: int
+
+
+def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 DEFAULT_ANNOTATORS: tuple[Annotator, ...] = (BoxAnnotator(), LabelAnnotator())
@@ -94,6 +128,12 @@ def annotate(
     copy: bool = True,
 ) -> np.ndarray:
     """Run ``annotators`` in order on ``frame`` (a copy unless ``copy=False``)."""
+    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim not in (2, 3):
+        what = f"{frame.dtype} array of shape {frame.shape}" if isinstance(frame, np.ndarray) else type(frame).__name__
+        raise ValueError(
+            f"annotate draws on uint8 BGR (H, W, 3) or grayscale frames, got a {what}; "
+            "convert with (img * 255).clip(0, 255).astype(np.uint8) or cv2.cvtColor"
+        )
     out = frame.copy() if copy else frame
     for annotator in annotators:
         out = annotator(out, detections)
