@@ -1,0 +1,112 @@
+"""Video frames are what they say they are: exact --start on a variable-frame-rate H.264 file
+with B-frames, --stride keeps the duration, live recordings keep real time, and the
+'truncated' warning only for real damage."""
+
+from __future__ import annotations
+
+import dataclasses
+import fractions
+import logging
+from pathlib import Path
+
+import av  # PyAV (a dev dependency) writes the H.264 test file
+import cv2
+import numpy as np
+import pytest
+
+from detector.io import VideoFileSink, open_source
+from detector.io.sources import VideoFileSource
+
+from .conftest import ROOT, TORCHSCRIPT
+
+DEMO = ROOT / "demo" / "vtest_excerpt.mp4"  # 60 frames, 10 fps
+
+
+def make_vfr_h264(path: Path, n: int = 300) -> None:
+    """H.264 with B-frames whose frame rate alternates between 30 and 20 fps every 50 frames
+    (as phones and screen recorders write): OpenCV's frame seek lands several frames off."""
+    tb = fractions.Fraction(1, 90000)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
+        stream.options = {"bf": "3", "g": "30"}
+        stream.time_base = tb
+        base = np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+        t = 0
+        for i in range(n):
+            img = np.roll(base, i * 3, axis=1).copy()
+            cv2.putText(img, str(i), (10, 60), cv2.FONT_HERSHEY_SIMPLEX, 1.2, (255, 255, 255), 3)
+            frame = av.VideoFrame.from_ndarray(img, format="bgr24")
+            frame.pts, frame.time_base = t, tb
+            t += 3000 if (i // 50) % 2 == 0 else 4500
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def sequential(path: Path) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    try:
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                return frames
+            frames.append(frame)
+    finally:
+        cap.release()
+
+
+def test_start_is_exact_on_vfr_h264_with_b_frames(tmp_path: Path) -> None:
+    path = tmp_path / "vfr.mp4"
+    make_vfr_h264(path)
+    reference = sequential(path)
+    assert len(reference) == 300
+    for start in (45, 72, 135, 234, 281, 299):  # where a container seek lands 1-7 frames off
+        with VideoFileSource(path, start=start, end=min(start + 3, 300)) as source:
+            got = [(f.index, f.image) for f in source]
+        assert [i for i, _ in got] == list(range(start, min(start + 3, 300)))
+        for index, image in got:
+            assert np.array_equal(image, reference[index]), f"--start {start}: frame {index} has another image"
+    with VideoFileSource(path, start=100, stride=7) as source:
+        got = [(f.index, f.image) for f in source]
+    assert [i for i, _ in got] == list(range(100, 300, 7))
+    assert all(np.array_equal(image, reference[i]) for i, image in got)
+
+
+def test_stride_keeps_duration_and_progress_counts_it(tmp_path: Path) -> None:
+    from detector.cli import main
+
+    out = tmp_path / "s.mp4"
+    assert main(["-q", "run", str(DEMO), "--model", str(TORCHSCRIPT), "--stride", "3", "--start", "5",
+                 "--end", "50", "--out", str(out)]) == 0  # fmt: skip
+    cap = cv2.VideoCapture(str(out))
+    try:
+        assert cap.get(cv2.CAP_PROP_FPS) == pytest.approx(10 / 3, rel=1e-3)
+        assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == len(range(5, 50, 3))
+    finally:
+        cap.release()
+    with open_source(DEMO, stride=3, start=5, end=50) as source:
+        assert isinstance(source, VideoFileSource)
+        assert source.planned_frames == len(range(5, 50, 3)) == sum(1 for _ in source)
+
+
+def test_live_recording_plays_as_long_as_it_took(tmp_path: Path) -> None:
+    path = tmp_path / "live.mp4"
+    image = np.zeros((48, 64, 3), np.uint8)
+    with VideoFileSink(path, 30.0, (64, 48), timed=True) as sink:
+        for t in (10.0, 10.2, 10.5, 11.0):  # a model at 2-5 fps on a 30 fps camera
+            sink.write(image, t)
+    frames = int(cv2.VideoCapture(str(path)).get(cv2.CAP_PROP_FRAME_COUNT))
+    assert frames == 31, "1 s of recording at 30 fps (+ the last frame), not 4 frames played in 0.13 s"
+
+
+def test_truncated_warning_only_for_a_real_shortfall(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    for announced, warns in ((62, False), (65, False), (200, True)):  # the clip has 60 frames
+        caplog.clear()
+        with VideoFileSource(DEMO) as source:
+            source.info = dataclasses.replace(source.info, frame_count=announced)
+            assert sum(1 for _ in source) == 60
+        assert ("truncated" in caplog.text) is warns, (announced, caplog.text)
