@@ -3,7 +3,7 @@
 Public API::
 
     from detector import Detector, annotate, load_config
-    det = Detector.from_config(load_config("configs/faster_rcnn_r50_fpn.yaml"))
+    det = Detector.from_config(load_config("faster_rcnn_r50_fpn"))
     dets = det(frame_bgr)            # Detections: boxes xyxy, scores, labels, names
     shown = annotate(frame_bgr, dets)
 

@@ -28,8 +28,10 @@ log = logging.getLogger("detector")
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--config", type=Path, help="YAML config (see configs/); flags below override it")
-    g.add_argument("--model", help="registry name (default fasterrcnn_resnet50_fpn) or a TorchScript file")
+    g.add_argument("--config", help="YAML file or preset name (e.g. faster_rcnn_r50_fpn); flags override it")
+    g.add_argument(
+        "--model", help="registry name (default fasterrcnn_resnet50_fpn), d2go (shipped) or a TorchScript file"
+    )
     g.add_argument(
         "--weights", help="a .pth file, or 'random' for untrained weights (default: torchvision's COCO weights)"
     )

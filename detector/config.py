@@ -119,9 +119,28 @@ def _coerce(key: str, value: Any) -> Any:
     return value
 
 
+def resolve_config_path(path: str | Path) -> Path:
+    """A YAML file, or the name of a shipped preset (``faster_rcnn_r50_fpn``, ``speed_cpu_bf16``...)."""
+    from .resources import preset_names, preset_path
+
+    candidate = Path(path).expanduser()
+    if candidate.is_file():
+        return candidate
+    preset = preset_path(str(path))
+    if preset is not None:
+        return preset
+    if candidate.is_dir():
+        raise ConfigError(f"config {path} is a folder; pass a YAML file or a preset name")
+    presets = ", ".join(preset_names())
+    text = str(path)
+    if "/" in text or "\\" in text or text.endswith((".yaml", ".yml")):
+        raise ConfigError(f"config file {path} not found; pass an existing YAML file or a preset ({presets})")
+    raise ConfigError(f"unknown preset '{path}'; use a YAML file or one of {presets}")
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise ConfigError(f"config file {path} not found; pass an existing YAML file (see configs/)")
+        raise ConfigError(f"config file {path} not found; pass an existing YAML file or a preset name")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
@@ -152,14 +171,16 @@ def load_config(
     *,
     override_names: Mapping[str, str] | None = None,
 ) -> DetectorConfig:
-    """Read ``path`` (YAML, optional), apply ``overrides`` (``None`` values are skipped), validate.
+    """Read ``path`` (a YAML file or a preset name; optional), apply ``overrides`` (``None``
+    values are skipped), validate.
 
     An error names the file it is in, or the override; ``override_names`` maps keys
     to what the user typed (e.g. ``{"score_threshold": "--score"}``) for messages.
     """
     values: dict[str, Any] = {}
     if path is not None:
-        values.update(_read_yaml(Path(path)))
+        path = resolve_config_path(path)
+        values.update(_read_yaml(path))
         _check_keys(values, str(path))
         try:
             DetectorConfig(**{k: _coerce(k, v) for k, v in values.items()})

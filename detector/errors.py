@@ -27,6 +27,10 @@ class SinkError(DetectorError):
     """An output (video, image, JSON Lines) cannot be written."""
 
 
+class StopPipeline(Exception):  # noqa: N818 (a signal to stop, not an error)
+    """Raise from a stage or sink (e.g. a window's q key) to end a run early without an error."""
+
+
 class Interrupted(KeyboardInterrupt):
     """A stop signal (SIGINT, SIGTERM, SIGHUP) turned into an exception by the CLI, so every
     ``finally`` runs and outputs are finalised, as for Ctrl-C."""

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from .io.sources import Frame
+from .errors import StopPipeline
+from .io.types import Frame
 from .models import Detector
 from .structures import Detections
 
@@ -67,10 +68,6 @@ class Stats:
         return "\n".join(rows)
 
 
-class StopPipeline(Exception):
-    """Raise from a stage (e.g. a window's q key) to end the run early without an error."""
-
-
 class _Stop(Exception):
     """Raised inside a stage when another stage asked everyone to stop."""
 
@@ -113,34 +110,78 @@ class _Worker(threading.Thread):
             self._stop_event.set()
 
 
-def _reader(
-    frames: Iterable[Frame],
-    out: queue.Queue[Any],
-    stop: threading.Event,
-    source_errors: list[Exception],
-    stats: Stats | None = None,
-) -> _Worker:
-    """A thread that decodes ``frames`` into ``out`` and ends it with ``_DONE``. A source error
-    is kept in ``source_errors`` after the frames decoded before it, for the caller to raise."""
+class _Feed:
+    """Frames from a source, the same way for :func:`run_pipeline` and :class:`Stream`.
 
-    def read() -> None:
-        it = iter(frames)
+    Files, folders and other iterables are decoded ahead by a reader thread into a
+    bounded queue; a live source (``frames.live`` true: its own capture thread keeps
+    only the newest frame) is read directly, so no frame waits in a queue and goes
+    stale. A source error is raised by :meth:`raise_errors` after the frames
+    decoded before it were handed out.
+    """
+
+    def __init__(self, frames: Iterable[Frame], stop: threading.Event, *, queue_size: int = 4,
+                 max_frames: int | None = None, stats: Stats | None = None) -> None:  # fmt: skip
+        self.live = bool(getattr(frames, "live", False))
+        if max_frames is not None:
+            frames = islice(frames, max_frames)
+        self._stop = stop
+        self._stats = stats
+        self._errors: list[Exception] = []
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        self._direct: Iterator[Frame] | None = iter(frames) if self.live else None
+        self.reader = None if self.live else _Worker("detector-read", self._read_into_queue(frames), stop)
+
+    def _read_into_queue(self, frames: Iterable[Frame]) -> Callable[[], None]:
+        out, stop, stats, errors = self._queue, self._stop, self._stats, self._errors
+
+        def read() -> None:  # references no Feed or Stream object: dropping those ends the thread
+            it = iter(frames)
+            try:
+                while True:
+                    t0 = time.perf_counter()
+                    frame = next(it, None)
+                    if frame is None:
+                        break
+                    if stats is not None:
+                        stats.add("decode", time.perf_counter() - t0)
+                    _put(out, frame, stop)
+            except _Stop:
+                raise
+            except Exception as exc:  # a source error: let the frames already decoded through first
+                errors.append(exc)
+            _put(out, _DONE, stop)
+
+        return read
+
+    def start(self) -> None:
+        if self.reader is not None:
+            self.reader.start()
+
+    def next(self) -> Any:
+        """The next frame, or ``_DONE``; raises ``_Stop`` when stopped."""
+        if self._direct is None:
+            return _get(self._queue, self._stop)
+        t0 = time.perf_counter()
         try:
-            while True:
-                t0 = time.perf_counter()
-                frame = next(it, None)
-                if frame is None:
-                    break
-                if stats is not None:
-                    stats.add("decode", time.perf_counter() - t0)
-                _put(out, frame, stop)
-        except _Stop:
-            raise
-        except Exception as exc:  # a source error: let the frames already decoded through first
-            source_errors.append(exc)
-        _put(out, _DONE, stop)
+            frame = next(self._direct, _DONE)
+        except Exception as exc:  # a live source's error (e.g. the stream did not come back)
+            self._errors.append(exc)
+            return _DONE
+        if self._stats is not None:
+            self._stats.add("decode", time.perf_counter() - t0)  # waiting for a frame newer than the last one
+        return frame
 
-    return _Worker("detector-read", read, stop)
+    def close(self) -> None:
+        """Stop and join the reader: afterwards nothing reads the source any more."""
+        self._stop.set()
+        if self.reader is not None and self.reader.is_alive():
+            self.reader.join()
+
+    def raise_errors(self) -> None:
+        for error in (self.reader.error if self.reader else None, *self._errors):
+            if error is not None and not isinstance(error, StopPipeline):
+                raise error
 
 
 def _drain(detected: queue.Queue[Any], writer: _Worker, stop: threading.Event, timeout: float = 10.0) -> None:
@@ -173,16 +214,10 @@ def run_pipeline(
     results go to the writer through a one-slot queue, so nothing waits in a
     queue long enough to go stale.
     """
-    live = bool(getattr(frames, "live", False))
-    if live:
-        queue_size = 1
-    if max_frames is not None:
-        frames = islice(frames, max_frames)
     stats = stats or Stats()
     stop = threading.Event()
-    decoded: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
-    detected: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
-    source_errors: list[Exception] = []
+    feed = _Feed(frames, stop, queue_size=queue_size, max_frames=max_frames, stats=stats)
+    detected: queue.Queue[Any] = queue.Queue(maxsize=1 if feed.live else queue_size)
 
     def write() -> None:
         while (item := _get(detected, stop)) is not _DONE:
@@ -198,24 +233,12 @@ def run_pipeline(
             stats.latency_ms.append((t1 - (frame.captured_at or t1)) * 1000)
             stats.frames += 1
 
-    reader = None if live else _reader(frames, decoded, stop, source_errors, stats)
     writer = _Worker("detector-write", write, stop)
-    live_frames = iter(frames) if live else None
-
-    def next_frame() -> Any:
-        if live_frames is None:
-            return _get(decoded, stop)
-        t0 = time.perf_counter()
-        frame = next(live_frames, _DONE)
-        stats.add("decode", time.perf_counter() - t0)  # waiting for a frame newer than the last one
-        return frame
-
     begin = time.perf_counter()
-    if reader is not None:
-        reader.start()
+    feed.start()
     writer.start()
     try:
-        while (frame := next_frame()) is not _DONE:
+        while (frame := feed.next()) is not _DONE:
             t0 = time.perf_counter()
             tensors = detector.preprocess([frame.image])
             t1 = time.perf_counter()
@@ -234,37 +257,73 @@ def run_pipeline(
         _drain(detected, writer, stop)  # a model error or Ctrl-C: what was detected is still written
         raise
     finally:
-        stop.set()
-        if reader is not None:
-            reader.join()
+        feed.close()
         writer.join()
         stats.seconds = time.perf_counter() - begin
-    for error in (reader.error if reader else None, writer.error, *source_errors):
-        if error is not None and not isinstance(error, StopPipeline):
-            raise error
+    if writer.error is not None and not isinstance(writer.error, StopPipeline):
+        raise writer.error
+    feed.raise_errors()
     return stats
 
 
-def stream(frames: Iterable[Frame], detector: Detector, *, queue_size: int = 4) -> Iterator[tuple[Frame, Detections]]:
-    """Yield ``(frame, detections)`` as they come, decoding ahead in a thread;
-    nothing is accumulated. Stopping the iteration early stops the reader."""
-    stop = threading.Event()
-    decoded: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
-    source_errors: list[Exception] = []
-    reader = _reader(frames, decoded, stop, source_errors)
-    reader.start()
-    try:
-        while True:
-            try:
-                frame = _get(decoded, stop)
-            except _Stop:
-                break
-            if frame is _DONE:
-                break
-            yield frame, detector(frame.image)
-    finally:
-        stop.set()
-        reader.join()
-    for error in (reader.error, *source_errors):
-        if error is not None:
-            raise error
+class Stream:
+    """``(frame, detections)`` pairs as they come, for embedding; nothing is accumulated.
+
+    Iterate it directly or use it as a context manager. Files are decoded ahead in
+    a reader thread; a live source is read directly, so every result is for the
+    newest frame (the same :class:`_Feed` as :func:`run_pipeline`). Leaving the
+    ``with``, ``close()``, or dropping the object stops and joins the reader, and
+    the reader is always joined before this returns from ``close()``, so the
+    source can then be closed safely.
+    """
+
+    def __init__(self, frames: Iterable[Frame], detector: Detector, *, queue_size: int = 4,
+                 max_frames: int | None = None) -> None:  # fmt: skip
+        self.detector = detector
+        self._stop = threading.Event()
+        self._feed = _Feed(frames, self._stop, queue_size=queue_size, max_frames=max_frames)
+        self._started = self._closed = False
+
+    def __iter__(self) -> Stream:
+        return self
+
+    def __next__(self) -> tuple[Frame, Detections]:
+        if self._closed:
+            raise StopIteration
+        if not self._started:
+            self._started = True
+            self._feed.start()
+        try:
+            frame = self._feed.next()
+        except _Stop:
+            frame = _DONE
+        if frame is _DONE:
+            self.close()
+            self._feed.raise_errors()
+            raise StopIteration
+        return frame, self.detector(frame.image)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._feed.close()
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def stream(frames: Iterable[Frame], detector: Detector, *, queue_size: int = 4,
+           max_frames: int | None = None) -> Stream:  # fmt: skip
+    """Yield ``(frame, detections)`` as they come (see :class:`Stream`)::
+
+    with stream(open_source("clip.mp4"), detector, max_frames=50) as results:
+        for frame, dets in results:
+            ...
+    """
+    return Stream(frames, detector, queue_size=queue_size, max_frames=max_frames)

@@ -5,27 +5,36 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 import cv2
 from tqdm import tqdm
 
 from .errors import SinkError
+from .io.base import Closeable
 from .io.live import LiveSource
 from .io.sinks import VIDEO_FOURCC, ImageSink, JsonlSink, VideoFileSink, prepare_output
-from .io.sources import Frame, ImageSource, VideoFileSource, open_source
+from .io.sources import ImageSource, VideoFileSource, open_source
+from .io.types import Frame
 from .models import Detector
 from .pipeline import Stats, run_pipeline
 from .render import annotate
 from .render.hud import Hud
+from .resources import DEMO_CLIP
 from .structures import Detections
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_SOURCE = PROJECT_ROOT / "demo" / "vtest_excerpt.mp4"
+DEFAULT_SOURCE = DEMO_CLIP
 DEFAULT_OUT_DIR = Path("runs")
 AnySource = ImageSource | VideoFileSource | LiveSource
+
+
+class Sink(Protocol):
+    """What ``run`` writes to: the annotated frame and its detections, once per frame, in order."""
+
+    def write(self, frame: Frame, detections: Detections) -> object: ...
 
 
 @dataclass(frozen=True)
@@ -147,91 +156,117 @@ def plan_outputs(
     return OutputPlan(out, json, stats)
 
 
+class BrowserView(Closeable):
+    """The browser live view as a sink: publishes each annotated frame with live stats."""
+
+    def __init__(self, serve: str, title: str) -> None:
+        from .io.browser import BrowserSink, parse_address
+
+        self.server = BrowserSink(*parse_address(serve), title=title)
+        self.url = self.server.url
+        self._fps = Hud("")
+
+    def write(self, frame: Frame, detections: Detections) -> None:
+        latency = (time.perf_counter() - frame.captured_at) * 1000
+        self.server.write(frame.image, {"frame": frame.index, "fps": self._fps.tick(), "latency_ms": latency,
+                                        "detections": len(detections)})  # fmt: skip
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def open_sinks(
+    stack: contextlib.ExitStack,
+    source: AnySource,
+    plan: OutputPlan,
+    *,
+    serve: str | None = None,
+    show: bool = False,
+    title: str = "detector",
+) -> list[Sink]:
+    """The sinks a plan and the view options ask for, entered on ``stack``. Views open first and
+    files last, so a view that cannot start touches no file."""
+    info = source.info
+    sinks: list[Sink] = []
+    if serve is not None:
+        view = stack.enter_context(BrowserView(serve, title))
+        print(f"live view: {view.url}", flush=True)
+        sinks.append(view)
+    if show:
+        from .io.window import WindowSink
+
+        sinks.append(stack.enter_context(WindowSink(title)))
+    if plan.out is not None:
+        if info.kind in ("video", "camera", "stream"):
+            assert info.width and info.height
+            stride = source.stride if isinstance(source, VideoFileSource) else 1
+            fps = (info.fps or 30.0) / stride  # a strided video keeps its duration
+            timed = isinstance(source, LiveSource)  # a recording plays as long as it took
+            sinks.append(stack.enter_context(VideoFileSink(plan.out, fps, (info.width, info.height), timed=timed)))
+        else:
+            sinks.append(stack.enter_context(ImageSink(plan.out, folder=info.kind == "images")))
+    if plan.json is not None:
+        sinks.append(stack.enter_context(JsonlSink(plan.json, with_image=info.kind in ("image", "images"))))
+    return sinks
+
+
 def run(
     detector: Detector,
     source: str | Path | AnySource = DEFAULT_SOURCE,
     *,
+    sinks: Sequence[Sink] = (),
     out: Path | None = None,
     json: Path | None = None,
-    max_frames: int | None = None,
-    progress: bool = True,
     serve: str | None = None,
     show: bool = False,
     hud: bool = False,
+    max_frames: int | None = None,
+    progress: bool = True,
     plan: OutputPlan | None = None,
 ) -> RunResult:
-    """Run ``detector`` over a source (a spec, or an opened source, which this closes).
+    """Run ``detector`` over a source (a spec, or an opened source, which this closes) and hand
+    every annotated frame and its detections to each sink, in order.
 
-    Decoding, detection and rendering+writing overlap
-    (:func:`detector.pipeline.run_pipeline`). ``serve`` (``[HOST:]PORT``) adds the
-    browser view, ``show`` a window, ``hud`` a status line on every frame.
-    ``plan`` (from :func:`plan_outputs`) replaces ``out``/``json``.
-    Views open first and files last, so a view that cannot start touches no file;
-    files are renamed into place when finalised (see :mod:`detector.io.sinks`).
+    ``sinks`` are yours (anything with ``write(frame, detections)``; context managers are
+    entered and closed here). ``out``/``json`` (or a ``plan`` from :func:`plan_outputs`),
+    ``serve`` (``[HOST:]PORT``, browser view) and ``show`` (a window) add the built-in sinks;
+    with none of them and no ``sinks``, a file input writes to ./runs/ as the CLI does.
+    ``hud`` draws a status line on every frame. Decoding, detection and rendering+writing
+    overlap (:func:`detector.pipeline.run_pipeline`); files are renamed into place when
+    finalised (see :mod:`detector.io.sinks`).
     """
     start = time.perf_counter()
     if not isinstance(source, (ImageSource, VideoFileSource, LiveSource)):
         source = open_source(source)
     with contextlib.ExitStack() as stack:
         stack.enter_context(source)
+        if plan is None and (out is not None or json is not None or not (sinks or serve or show)):
+            plan = plan_outputs(source, out, json, live_view=bool(serve or show or sinks))
+        title = f"detector: {detector.name}"
+        all_sinks = open_sinks(stack, source, plan or OutputPlan(None, None), serve=serve, show=show, title=title)
+        for sink in sinks:
+            all_sinks.append(stack.enter_context(sink) if isinstance(sink, contextlib.AbstractContextManager) else sink)
         info = source.info
-        live = isinstance(source, LiveSource)
-        if plan is None:
-            plan = plan_outputs(source, out, json, live_view=bool(serve or show))
-        browser = None
-        if serve is not None:
-            from .io.browser import BrowserSink, parse_address
-
-            browser = stack.enter_context(BrowserSink(*parse_address(serve), title=f"detector: {detector.name}"))
-            print(f"live view: {browser.url}", flush=True)
-        window = None
-        if show:
-            from .io.window import WindowSink
-
-            window = stack.enter_context(WindowSink(f"detector: {detector.name}"))
-        video = images = None
-        if plan.out is not None:
-            if info.kind in ("video", "camera", "stream"):
-                assert info.width and info.height
-                stride = source.stride if isinstance(source, VideoFileSource) else 1
-                fps = (info.fps or 30.0) / stride  # a strided video keeps its duration
-                video = stack.enter_context(VideoFileSink(plan.out, fps, (info.width, info.height), timed=live))
-            else:
-                images = stack.enter_context(ImageSink(plan.out, folder=info.kind == "images"))
-        jsonl = stack.enter_context(JsonlSink(plan.json)) if plan.json else None
         planned = source.planned_frames if isinstance(source, VideoFileSource) else info.frame_count
-        total = None if live else (planned if max_frames is None else min(max_frames, planned or max_frames))
+        total = None if source.live else (planned if max_frames is None else min(max_frames, planned or max_frames))
         bar = stack.enter_context(tqdm(total=total, unit="frame", disable=not progress, leave=False))
         status = Hud(detector.name)
-        counts = [0]
-        with_image = info.kind in ("image", "images")
+        detections = 0
 
         def render(frame: Frame, dets: Detections) -> None:
             annotate(frame.image, dets, copy=False)
-            status.tick()
             if hud:
+                status.tick()
                 status.draw(frame.image, frame.index, (time.perf_counter() - frame.captured_at) * 1000)
 
         def write(frame: Frame, dets: Detections) -> None:
-            if video is not None:
-                video.write(frame.image, frame.timestamp)
-            if images is not None:
-                images.write(frame.image, frame.name)
-            if jsonl is not None:
-                record: dict[str, Any] = {"frame": frame.index, "time": round(frame.timestamp, 6)}
-                if with_image:
-                    record["image"] = frame.name
-                record["detections"] = dets.to_dict()
-                jsonl.write(record)
-            if browser is not None:
-                latency = (time.perf_counter() - frame.captured_at) * 1000
-                browser.write(frame.image, {"frame": frame.index, "fps": status.fps, "latency_ms": latency,
-                                            "detections": len(dets)})  # fmt: skip
-            if window is not None:
-                window.write(frame.image)
-            counts[0] += len(dets)
+            nonlocal detections
+            for sink in all_sinks:
+                sink.write(frame, dets)
+            detections += len(dets)
             bar.update()
 
         stats = run_pipeline(source, detector, write, render=render, max_frames=max_frames)
-    return RunResult(stats.frames, counts[0], video.path if video else plan.out, jsonl.path if jsonl else plan.json,
-                     time.perf_counter() - start, stats)  # fmt: skip
+        files = {type(s): s.path for s in all_sinks if isinstance(s, (VideoFileSink, ImageSink, JsonlSink))}
+    media = files.get(VideoFileSink, files.get(ImageSink))
+    return RunResult(stats.frames, detections, media, files.get(JsonlSink), time.perf_counter() - start, stats)

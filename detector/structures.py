@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +40,52 @@ class Detections:
 
     def __len__(self) -> int:
         return len(self.scores)
+
+    def __iter__(self) -> Iterator[tuple[npt.NDArray[np.float32], float, int, str]]:
+        """Rows ``(box xyxy, score, label, name)``, most useful in a loop:
+        ``for box, score, label, name in dets``."""
+        for box, score, label in zip(self.boxes, self.scores.tolist(), self.labels.tolist(), strict=True):
+            yield box, score, label, label_name(self.class_names, label)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        raise TypeError(
+            "Detections is not one array: use dets.boxes (N, 4 xyxy), dets.scores or dets.labels, "
+            "or np.hstack([dets.boxes, dets.scores[:, None]])"
+        )
+
+    @classmethod
+    def from_torchvision(cls, output: Mapping[str, Any], class_names: tuple[str, ...] = COCO_CLASS_NAMES) -> Detections:
+        """From one of torchvision's detection dicts (``boxes``, ``scores``, ``labels`` tensors)."""
+
+        def arr(key: str) -> np.ndarray:
+            value = output[key]
+            return value.detach().float().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
+
+        labels = output["labels"]
+        labels = labels.detach().cpu().numpy() if hasattr(labels, "detach") else np.asarray(labels)
+        return cls(arr("boxes"), arr("scores"), labels, class_names)
+
+    def to_supervision(self) -> Any:
+        """A ``supervision.Detections`` (xyxy, confidence, class_id, ``data["class_name"]``).
+
+        ``class_id`` keeps this model's label ids -- torchvision's COCO ids, so person is 1, not
+        0 as in Ultralytics' 80-class numbering; the names travel in ``data["class_name"]``.
+        """
+        sv = _supervision()
+        return sv.Detections(
+            xyxy=self.boxes.astype(np.float32),
+            confidence=self.scores.astype(np.float32),
+            class_id=self.labels.astype(int),
+            data={"class_name": np.array(self.names, dtype=str)},
+        )
+
+    @classmethod
+    def from_supervision(cls, detections: Any, class_names: tuple[str, ...] = COCO_CLASS_NAMES) -> Detections:
+        """From a ``supervision.Detections``; missing confidences count as 1, missing class ids as 0."""
+        n = len(detections)
+        scores = detections.confidence if detections.confidence is not None else np.ones(n, np.float32)
+        labels = detections.class_id if detections.class_id is not None else np.zeros(n, np.int64)
+        return cls(detections.xyxy, scores, labels, class_names)
 
     def __getitem__(self, index: Any) -> Detections:
         """Select with an int, a slice, an index array or a boolean mask."""
@@ -107,3 +153,11 @@ class Detections:
             }
             for box, score, label, name in zip(self.boxes, self.scores, self.labels, self.names, strict=True)
         ]
+
+
+def _supervision() -> Any:
+    try:
+        import supervision
+    except ImportError:
+        raise ImportError("supervision is not installed; pip install 'detector[supervision]'") from None
+    return supervision

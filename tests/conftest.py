@@ -13,6 +13,8 @@ from detector import Detector, load_config
 from detector.config import DetectorConfig
 
 ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "detector" / "data" / "vtest_excerpt.mp4"
+"""The embedded demo clip: 60 frames of vtest.avi, 768x576, 10 fps."""
 SHARED = ROOT.parent / "shared"
 VIDEO = SHARED / "data" / "video" / "vtest.avi"
 COCO_MINI = SHARED / "data" / "coco-mini"

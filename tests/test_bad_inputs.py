@@ -20,9 +20,8 @@ import pytest
 
 from detector.cli import main
 
-from .conftest import COCO_MINI, ROOT, TORCHSCRIPT, need
+from .conftest import COCO_MINI, DEMO, TORCHSCRIPT, need
 
-DEMO = ROOT / "demo" / "vtest_excerpt.mp4"  # 60 frames
 EARLIER = b"an earlier run's output"
 
 

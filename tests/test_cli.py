@@ -131,7 +131,7 @@ def test_errors_are_one_line(tmp_path: Path) -> None:
 
 def test_input_is_never_overwritten(tmp_path: Path) -> None:
     clip = tmp_path / "clip.mp4"
-    shutil.copy(Path(__file__).resolve().parents[1] / "demo" / "vtest_excerpt.mp4", clip)
+    shutil.copy(Path(__file__).resolve().parents[1] / "detector" / "data" / "vtest_excerpt.mp4", clip)
     before = clip.read_bytes()
     res = run_cli("run", str(clip), "--model", str(TORCHSCRIPT), "--out", str(clip))
     one_line_error(res, "would overwrite the input")

@@ -22,9 +22,7 @@ from detector.errors import SinkError
 from detector.io import JsonlSink, VideoFileSink, open_source
 from detector.run import plan_outputs
 
-from .conftest import COCO_MINI, ROOT, TORCHSCRIPT, VIDEO, need
-
-DEMO = ROOT / "demo" / "vtest_excerpt.mp4"
+from .conftest import COCO_MINI, DEMO, TORCHSCRIPT, VIDEO, need
 
 
 def digest(path: Path) -> str:
@@ -221,7 +219,7 @@ def test_sinks_replace_a_file_only_when_complete(tmp_path: Path) -> None:
     frame = np.zeros((48, 64, 3), np.uint8)
     with VideoFileSink(video, 10.0, (64, 48)) as sink, JsonlSink(jsonl) as lines:
         sink.write(frame)
-        lines.write({"frame": 0})
+        lines.write_record({"frame": 0})
         assert video.read_bytes() == b"earlier" and jsonl.read_text() == "earlier\n"
     assert frames_in(video) == 1 and jsonl.read_text() == '{"frame":0}\n'
     # an error before any frame: the earlier file stays and no temporary file is left
@@ -230,13 +228,13 @@ def test_sinks_replace_a_file_only_when_complete(tmp_path: Path) -> None:
     assert frames_in(video) == 1
     # an error after some frames: the earlier file stays, the new frames are kept beside it
     with pytest.raises(RuntimeError), JsonlSink(jsonl) as lines:
-        lines.write({"frame": 7})
+        lines.write_record({"frame": 7})
         raise RuntimeError("model failed")
     assert jsonl.read_text() == '{"frame":0}\n'
     assert (tmp_path / "d.incomplete.jsonl").read_text() == '{"frame":7}\n'
     # Ctrl-C / SIGTERM after some frames: finalised and renamed into place
     with pytest.raises(KeyboardInterrupt), JsonlSink(jsonl) as lines:
-        lines.write({"frame": 9})
+        lines.write_record({"frame": 9})
         raise KeyboardInterrupt
     assert jsonl.read_text() == '{"frame":9}\n'
     assert not list(tmp_path.glob("*partial*"))

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from detector import Detections, Detector
-from detector.io.sources import Frame
+from detector.io.types import Frame
 from detector.pipeline import STAGES, run_pipeline, stream
 
 

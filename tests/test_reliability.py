@@ -14,14 +14,12 @@ import numpy as np
 from detector import Detector, annotate
 from detector.io import JsonlSink, open_source
 from detector.io.browser import BrowserSink
-from detector.io.sources import Frame
+from detector.io.types import Frame
 from detector.pipeline import run_pipeline, stream
 
-from .conftest import ROOT
+from .conftest import DEMO
 from .test_live import Publisher
 from .test_pipeline import Tiny
-
-DEMO = ROOT / "demo" / "vtest_excerpt.mp4"
 
 
 def rss_mb() -> float:
@@ -41,7 +39,7 @@ def test_memory_stays_flat_over_6000_frames(tmp_path: Path) -> None:
     with JsonlSink(tmp_path / "d.jsonl") as jsonl:
 
         def consume(frame: Frame, dets) -> None:  # noqa: ANN001
-            jsonl.write({"frame": frame.index, "detections": dets.to_dict()})
+            jsonl.write(frame, dets)
             if frame.index in (1000, 5999):
                 gc.collect()
                 samples[frame.index] = rss_mb()

@@ -19,10 +19,8 @@ from detector.eval import load_dataset
 from detector.eval.scoring import validate_results
 from detector.render.annotators import LabelAnnotator
 
-from .conftest import COCO_MINI, ROOT, need
+from .conftest import COCO_MINI, DEMO, ROOT, need
 from .test_pipeline import Tiny
-
-DEMO = ROOT / "demo" / "vtest_excerpt.mp4"
 
 
 def test_overlapping_tags_stay_apart_and_inside_the_frame() -> None:

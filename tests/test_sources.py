@@ -11,9 +11,7 @@ from detector import SinkError, SourceError
 from detector.io import JsonlSink, VideoFileSink, open_source
 from detector.io.sinks import prepare_output
 
-from .conftest import COCO_MINI, ROOT, need
-
-DEMO = ROOT / "demo" / "vtest_excerpt.mp4"
+from .conftest import COCO_MINI, DEMO, need
 
 
 def test_video_yields_every_frame_in_order() -> None:
@@ -106,7 +104,7 @@ def test_video_sink_round_trip_with_float_fps(tmp_path: Path) -> None:
 def test_jsonl_sink_flushes_each_line(tmp_path: Path) -> None:
     path = tmp_path / "d.jsonl"
     with JsonlSink(path) as sink:
-        sink.write({"frame": 0})
+        sink.write_record({"frame": 0})
         partial = next(tmp_path.glob("d.partial-*.jsonl"))  # renamed into place when complete
         assert partial.read_text() == '{"frame":0}\n'  # readable before close
     assert path.read_text() == '{"frame":0}\n' and not partial.exists()

@@ -14,12 +14,11 @@ import cv2
 import numpy as np
 import pytest
 
-from detector.io import VideoFileSink, open_source
+from detector import Detections
+from detector.io import Frame, VideoFileSink, open_source
 from detector.io.sources import VideoFileSource
 
-from .conftest import ROOT, TORCHSCRIPT
-
-DEMO = ROOT / "demo" / "vtest_excerpt.mp4"  # 60 frames, 10 fps
+from .conftest import DEMO, TORCHSCRIPT
 
 
 def make_vfr_h264(path: Path, n: int = 300) -> None:
@@ -97,7 +96,7 @@ def test_live_recording_plays_as_long_as_it_took(tmp_path: Path) -> None:
     image = np.zeros((48, 64, 3), np.uint8)
     with VideoFileSink(path, 30.0, (64, 48), timed=True) as sink:
         for t in (10.0, 10.2, 10.5, 11.0):  # a model at 2-5 fps on a 30 fps camera
-            sink.write(image, t)
+            sink.write(Frame(0, t, image, "camera"), Detections.empty())
     frames = int(cv2.VideoCapture(str(path)).get(cv2.CAP_PROP_FRAME_COUNT))
     assert frames == 31, "1 s of recording at 30 fps (+ the last frame), not 4 frames played in 0.13 s"
 

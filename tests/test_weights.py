@@ -62,7 +62,7 @@ def config(**overrides: object):  # noqa: ANN201
 
 
 def test_manifest_matches_torchvision() -> None:
-    manifest = json.loads((ROOT / "weights" / "manifest.json").read_text())
+    manifest = json.loads((ROOT / "detector" / "data" / "weights_manifest.json").read_text())
     assert set(manifest) == set(MODELS)
     for name, spec in MODELS.items():
         assert manifest[name] == {

@@ -1,13 +1,15 @@
 """Sources (frames in) and sinks (results out)."""
 
 from .sinks import ImageSink, JsonlSink, VideoFileSink
-from .sources import Frame, ImageSource, SourceInfo, VideoFileSource, open_source
+from .sources import ImageSource, VideoFileSource, open_source
+from .types import Frame, Source, SourceInfo
 
 __all__ = [
     "Frame",
     "ImageSink",
     "ImageSource",
     "JsonlSink",
+    "Source",
     "SourceInfo",
     "VideoFileSink",
     "VideoFileSource",

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from ..errors import SourceError
-from .sources import Frame, SourceInfo, _Source
+from .types import Frame, Source, SourceInfo
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +37,10 @@ def redact(url: str) -> str:
     return url
 
 
-class LiveSource(_Source):
+class LiveSource(Source):
     """Newest-frame-only capture from a camera or stream, in a background thread."""
 
     live = True
-    """Tells the pipeline not to queue frames from this source (they would go stale)."""
 
     def __init__(
         self,

@@ -1,6 +1,9 @@
 """Outputs: annotated video and images, and a JSON Lines detections file.
 
-Sinks are context managers and close (finalise) in ``finally``. Every file is
+Every sink is a context manager with ``write(frame, detections)`` (a
+:class:`~detector.io.sources.Frame`, already annotated, and its
+:class:`~detector.structures.Detections`) and closes (finalises) in ``finally``;
+:func:`detector.run.run` takes a list of them, yours included. Every file is
 written under a temporary name in its own folder and renamed into place once
 finalised, so an existing file is only ever replaced by a complete one:
 
@@ -24,7 +27,9 @@ import cv2
 import numpy as np
 
 from ..errors import SinkError
+from ..structures import Detections
 from .base import Closeable
+from .types import Frame
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +118,11 @@ class VideoFileSink(_Sink):
             raise SinkError(f"cannot write video {path}; check the folder is writable and the extension")
         self._closed = False
 
-    def write(self, frame: np.ndarray, timestamp: float | None = None) -> None:
+    def write(self, frame: Frame | np.ndarray, detections: Detections | None = None) -> None:
+        """Append a frame (already annotated by the pipeline). A ``Frame``'s timestamp drives
+        ``timed`` recordings; a bare BGR array is written as the next frame."""
+        timestamp = frame.timestamp if isinstance(frame, Frame) else None
+        frame = frame.image if isinstance(frame, Frame) else frame
         h, w = frame.shape[:2]
         if (w, h) != self.size:
             raise SinkError(f"frame {w}x{h} differs from the video's {self.size[0]}x{self.size[1]}")
@@ -162,10 +171,12 @@ class ImageSink(_Sink):
     def target(self, name: str) -> Path:
         return self.path / name if self.folder else self.path
 
-    def write(self, frame: np.ndarray, name: str) -> Path:
-        target = self.target(name)
+    def write(self, frame: Frame, detections: Detections | None = None) -> Path:
+        """Write ``frame.image`` as ``frame.name`` in the folder (or as the one output file)."""
+        target = self.target(frame.name)
+        image = frame.image
         ext = target.suffix.lower() or ".jpg"
-        ok, data = cv2.imencode(ext, frame)
+        ok, data = cv2.imencode(ext, image)
         if not ok:
             raise SinkError(f"cannot encode {target} as {ext}; use .jpg or .png for --out")
         tmp = partial_path(target)
@@ -181,10 +192,13 @@ class ImageSink(_Sink):
 
 
 class JsonlSink(_Sink):
-    """One JSON object per line, flushed per line so a crash loses at most the line being written."""
+    """One JSON object per frame and line, flushed per line so a crash loses at most the line
+    being written: ``{"frame", "time", ["image",] "detections"}``; ``image`` (the frame's name)
+    when ``with_image`` (image inputs)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, with_image: bool = False) -> None:
         self.path = path
+        self.with_image = with_image
         self.lines = 0
         self._tmp = partial_path(path)
         try:
@@ -193,7 +207,15 @@ class JsonlSink(_Sink):
             raise SinkError(f"cannot write {path} ({exc.strerror}); choose a writable --json path") from None
         self._closed = False
 
-    def write(self, record: dict[str, Any]) -> None:
+    def write(self, frame: Frame, detections: Detections) -> None:
+        record: dict[str, Any] = {"frame": frame.index, "time": round(frame.timestamp, 6)}
+        if self.with_image:
+            record["image"] = frame.name
+        record["detections"] = detections.to_dict()
+        self.write_record(record)
+
+    def write_record(self, record: dict[str, Any]) -> None:
+        """Append any JSON-serialisable object as one line."""
         self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
         self._file.flush()
         self.lines += 1

@@ -1,7 +1,8 @@
 """Frame sources: a single image, a folder or glob of images, a video file.
 
-Every source is an iterable of :class:`Frame` and a context manager that
-releases its capture in ``finally`` -- also when the consumer stops early.
+Every source is a :class:`~detector.io.types.Source`: an iterable of
+:class:`~detector.io.types.Frame` and a context manager that releases its
+capture in ``finally`` -- also when the consumer stops early.
 """
 
 from __future__ import annotations
@@ -11,15 +12,14 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from ..errors import SourceError
-from .base import Closeable
+from .types import Frame, Source, SourceInfo, SourceKind
 
 if TYPE_CHECKING:
     from .live import LiveSource
@@ -28,32 +28,6 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jp2", ".pgm", ".ppm"})
 GLOB_CHARS = frozenset("*?[")
-SourceKind = Literal["image", "images", "video", "camera", "stream"]
-
-
-@dataclass(frozen=True)
-class Frame:
-    index: int
-    """Position in the source (0-based; counts every decoded frame, also skipped ones)."""
-    timestamp: float
-    """Seconds since the start of the source (index / fps for files; 0 for images)."""
-    image: np.ndarray
-    """BGR uint8 (H, W, 3)."""
-    name: str
-    """File name for images, ``<video stem>`` for video frames, the source spec for live frames."""
-    captured_at: float = 0.0
-    """``time.perf_counter()`` when the frame was decoded or captured (for latency figures)."""
-
-
-@dataclass(frozen=True)
-class SourceInfo:
-    kind: SourceKind
-    path: Path | str
-    """The file or folder; for cameras the index, for streams the URL (password redacted)."""
-    width: int | None
-    height: int | None
-    fps: float | None
-    frame_count: int | None
 
 
 def read_image(path: Path) -> np.ndarray | None:
@@ -67,14 +41,7 @@ def read_image(path: Path) -> np.ndarray | None:
     return cv2.imdecode(data, cv2.IMREAD_COLOR)
 
 
-class _Source(Closeable):
-    info: SourceInfo
-
-    def __iter__(self) -> Iterator[Frame]:
-        raise NotImplementedError
-
-
-class ImageSource(_Source):
+class ImageSource(Source):
     """One or more image files, in the given order. Undecodable files in a
     folder are skipped with a warning; a single undecodable image is an error."""
 
@@ -102,7 +69,7 @@ class ImageSource(_Source):
             yield Frame(i, 0.0, image, self.names[i], time.perf_counter())
 
 
-class VideoFileSource(_Source):
+class VideoFileSource(Source):
     """Every frame of a video file in order (none dropped), optionally from
     ``start``, before ``end`` (frame indices) and every ``stride``-th.
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import cv2
-import numpy as np
 
-from ..errors import SinkError
-from ..pipeline import StopPipeline
+from ..errors import SinkError, StopPipeline
+from ..structures import Detections
 from .base import Closeable
+from .types import Frame
 
 HEADLESS_HINT = (
     "this OpenCV has no GUI (opencv-python-headless) or there is no display; use --serve 8080 for the browser "
@@ -33,8 +33,8 @@ class WindowSink(Closeable):
         except cv2.error:
             raise SinkError(HEADLESS_HINT) from None
 
-    def write(self, frame: np.ndarray) -> None:
-        cv2.imshow(self.title, frame)
+    def write(self, frame: Frame, detections: Detections | None = None) -> None:
+        cv2.imshow(self.title, frame.image)
         if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
             raise StopPipeline("window closed by the user")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -14,9 +15,11 @@ from torch import nn
 from ..categories import COCO_CLASS_NAMES
 from ..config import DetectorConfig
 from ..errors import ConfigError, WeightsError
+from ..resources import SHIPPED_MODELS
 from . import weights as W
 from .registry import MODELS, ModelSpec, get_spec
 
+log = logging.getLogger(__name__)
 TORCHSCRIPT_SUFFIXES = (".pt", ".ts", ".jit", ".torchscript", ".pth")
 
 
@@ -43,9 +46,33 @@ def is_torchscript(path: Path) -> bool:
     return any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
 
 
+def uses_quantized_ops(path: Path) -> bool:
+    """Whether a TorchScript archive's code calls ``quantized::`` ops (an int8 model)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any(
+                b"quantized." in zf.read(n) or b"quantized::" in zf.read(n)
+                for n in zf.namelist()
+                if "/code/" in n and n.endswith(".py")
+            )
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
 def load_torchscript(path: Path, device: str = "cpu") -> torch.jit.ScriptModule:
-    """Load a scripted detector; picks the qnnpack engine for int8 models where available."""
-    if "qnnpack" in torch.backends.quantized.supported_engines:
+    """Load a scripted detector.
+
+    An int8 model (one calling ``quantized::`` ops, like the D2Go export) needs the
+    quantized engine it was exported for, qnnpack; torch keeps that choice
+    process-wide (``torch.backends.quantized.engine``), so it is switched -- and
+    logged -- only when such a model is loaded and the engine is not qnnpack already.
+    """
+    if (
+        uses_quantized_ops(path)
+        and "qnnpack" in torch.backends.quantized.supported_engines
+        and torch.backends.quantized.engine != "qnnpack"
+    ):
+        log.info("int8 model %s: switching torch's quantized engine to qnnpack (process-wide)", path.name)
         torch.backends.quantized.engine = "qnnpack"
     try:
         with warnings.catch_warnings():
@@ -96,9 +123,10 @@ def build_model(cfg: DetectorConfig, *, progress: bool = True) -> tuple[nn.Modul
         model, num_classes = _build_registry(spec, cfg, progress)
         # torchvision applies score, NMS and count limits itself; class filtering is left.
         return model, _class_names(cfg, num_classes), PostLimits(spec.name, cfg.score_threshold, None)
-    if not looks_like_path(cfg.model):
+    shipped = SHIPPED_MODELS.get(cfg.model)
+    if shipped is None and not looks_like_path(cfg.model):
         get_spec(cfg.model)  # raises the unknown-model error with the list of names
-    path = Path(cfg.model).expanduser()
+    path = shipped or Path(cfg.model).expanduser()
     if not path.is_file():
         raise ConfigError(
             f"model file {path} not found; pass a registry name ({', '.join(MODELS)}) or an existing TorchScript file"
@@ -111,4 +139,4 @@ def build_model(cfg: DetectorConfig, *, progress: bool = True) -> tuple[nn.Modul
         raise ConfigError(f"TorchScript file {path} carries its own weights; drop --weights")
     model = load_torchscript(path)
     names = cfg.class_names or COCO_CLASS_NAMES
-    return model, names, PostLimits(path.stem, cfg.score_threshold, cfg.max_detections)
+    return model, names, PostLimits(cfg.model if shipped else path.stem, cfg.score_threshold, cfg.max_detections)

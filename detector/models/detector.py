@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any, overload
 
 import numpy as np
@@ -22,20 +23,39 @@ from ..config import DetectorConfig
 from ..errors import ConfigError
 from ..structures import Detections
 
-Frame = np.ndarray | torch.Tensor
+Frame = np.ndarray | torch.Tensor | str | Path | Any
+"""BGR uint8 array, RGB tensor, PIL image or image file path."""
 NONE_FRAME = "the frame is None: was it read successfully? (cv2.imread returns None for a bad path)"
 AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when available, then Apple's MPS, then the CPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device '{name}' asked for but CUDA is not available; use --device cpu")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"device '{name}' asked for but MPS is not available; use --device cpu")
     return device
+
+
+def _as_array(frame: Any) -> Any:
+    """File paths and PIL images become BGR uint8 arrays; anything else passes through."""
+    if isinstance(frame, (str, Path)):
+        from ..io.sources import read_image
+
+        image = read_image(Path(frame))
+        if image is None:
+            raise ValueError(f"cannot read {frame} as an image; check the path and that it is an image file")
+        return image
+    if type(frame).__module__.startswith("PIL."):  # without importing PIL
+        return np.ascontiguousarray(np.asarray(frame.convert("RGB"))[:, :, ::-1])
+    return frame
 
 
 class Detector:
@@ -52,7 +72,7 @@ class Detector:
         *,
         name: str = "model",
         class_names: Sequence[str] = COCO_CLASS_NAMES,
-        device: str | torch.device = "cpu",
+        device: str | torch.device = "auto",
         precision: str = "fp32",
         channels_last: bool = False,
         score_threshold: float = 0.0,
@@ -105,6 +125,7 @@ class Detector:
     def _to_tensor(self, frame: Frame) -> torch.Tensor:
         if frame is None:
             raise TypeError(NONE_FRAME)
+        frame = _as_array(frame)
         if isinstance(frame, (np.ndarray, torch.Tensor)) and 0 in tuple(frame.shape):
             raise ValueError(f"the frame is empty (shape {tuple(frame.shape)}); pass an image with pixels")
         if isinstance(frame, torch.Tensor):
@@ -170,11 +191,8 @@ class Detector:
                 out["labels"].detach().cpu().numpy(),
                 self.class_names,
             )
-            keep = dets.scores >= self.score_threshold
-            if self.keep_labels is not None:
-                keep &= np.isin(dets.labels, self.keep_labels)
-            if not keep.all():
-                dets = dets[keep]
+            classes = None if self.keep_labels is None else self.keep_labels.tolist()
+            dets = dets.filter(min_score=self.score_threshold, classes=classes)
             if self.max_detections is not None and len(dets) > self.max_detections:
                 dets = dets[np.argsort(-dets.scores, kind="stable")[: self.max_detections]]
             results.append(dets)
@@ -194,7 +212,11 @@ class Detector:
         """
         if frames is None:
             raise TypeError(NONE_FRAME)
-        single = isinstance(frames, (np.ndarray, torch.Tensor)) and frames.ndim in (2, 3)
+        single = (
+            (isinstance(frames, (np.ndarray, torch.Tensor)) and frames.ndim in (2, 3))
+            or isinstance(frames, (str, Path))
+            or type(frames).__module__.startswith("PIL.")
+        )
         batch: Sequence[Frame] = [frames] if single else list(frames)  # type: ignore[list-item,arg-type]
         results = self.postprocess(self.forward(self.preprocess(batch))) if batch else []
         return results[0] if single else results

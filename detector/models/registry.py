@@ -118,5 +118,5 @@ def get_spec(name: str) -> ModelSpec:
         return MODELS[name]
     except KeyError:
         raise ConfigError(
-            f"unknown model '{name}'; use one of {', '.join(MODELS)} or a TorchScript file path"
+            f"unknown model '{name}'; use one of {', '.join(MODELS)}, d2go (shipped) or a TorchScript file path"
         ) from None
