@@ -2,10 +2,12 @@
 
 Public API::
 
-    from detector import Detector, annotate, load_config
-    det = Detector.from_config(load_config("faster_rcnn_r50_fpn"))
-    dets = det(frame_bgr)            # Detections: boxes xyxy, scores, labels, names
-    shown = annotate(frame_bgr, dets)
+    import detector
+    det = detector.load("d2go")                  # or "fasterrcnn_resnet50_fpn", a preset, a .yaml, a .pt
+    dets = det(frame_bgr)                        # Detections: boxes xyxy, scores, labels, names
+    shown = detector.annotate(frame_bgr, dets)
+    with detector.stream(detector.open_source("clip.mp4"), det, max_frames=50) as results:
+        for frame, dets in results: ...
 
 Names are imported lazily, so ``import detector`` (and ``detector --help``)
 does not pay for importing torch until a model is needed.
@@ -20,12 +22,25 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "MODELS": "detector.models",
+    "DEMO_CLIP": "detector.resources",
     "Detector": "detector.models",
+    "load": "detector.models",
     "Detections": "detector.structures",
     "DetectorConfig": "detector.config",
     "load_config": "detector.config",
     "annotate": "detector.render",
+    "BoxAnnotator": "detector.render",
+    "LabelAnnotator": "detector.render",
     "open_source": "detector.io",
+    "Frame": "detector.io",
+    "Source": "detector.io",
+    "VideoFileSink": "detector.io",
+    "ImageSink": "detector.io",
+    "JsonlSink": "detector.io",
+    "stream": "detector.pipeline",
+    "Stream": "detector.pipeline",
+    "StopPipeline": "detector.errors",
+    "run": "detector.run",
     "ConfigError": "detector.errors",
     "DetectorError": "detector.errors",
     "SinkError": "detector.errors",
@@ -34,26 +49,42 @@ _EXPORTS = {
 }
 
 __all__ = [
-    "MODELS",
+    "DEMO_CLIP",
+    "BoxAnnotator",
     "ConfigError",
     "Detections",
     "Detector",
     "DetectorConfig",
     "DetectorError",
+    "Frame",
+    "ImageSink",
+    "JsonlSink",
+    "LabelAnnotator",
+    "MODELS",
     "SinkError",
+    "Source",
     "SourceError",
+    "StopPipeline",
+    "Stream",
+    "VideoFileSink",
     "WeightsError",
     "annotate",
+    "load",
     "load_config",
     "open_source",
+    "run",
+    "stream",
 ]
 
 if TYPE_CHECKING:
     from .config import DetectorConfig, load_config
-    from .errors import ConfigError, DetectorError, SinkError, SourceError, WeightsError
-    from .io import open_source
-    from .models import MODELS, Detector
-    from .render import annotate
+    from .errors import ConfigError, DetectorError, SinkError, SourceError, StopPipeline, WeightsError
+    from .io import Frame, ImageSink, JsonlSink, Source, VideoFileSink, open_source
+    from .models import MODELS, Detector, load
+    from .pipeline import Stream, stream
+    from .render import BoxAnnotator, LabelAnnotator, annotate
+    from .resources import DEMO_CLIP
+    from .run import run
     from .structures import Detections
 
 

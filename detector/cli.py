@@ -178,35 +178,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
         scores = score_results_file(dataset.coco, args.results, dataset.image_ids, args.backend)
         report = EvalReport(scores, args.results.name, len(dataset))
         return _finish_eval(args, report, write_results=False)
-    import torch.distributed as dist
-
+    from .eval.distributed import distributed_from_env
     from .models import MODELS, Detector
 
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     overrides = {}
     if args.score_threshold is None and args.config is None:
         # torchvision scores its COCO models at 0.05; a TorchScript model's own threshold stands
         overrides["score_threshold"] = 0.05 if (args.model or "fasterrcnn_resnet50_fpn") in MODELS else 0.0
     cfg = _config_from(args).replace(**overrides) if overrides else _config_from(args)
-    if distributed:
-        import torch
-
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        use_cuda = cfg.device in ("auto", "cuda") and torch.cuda.is_available()
-        if use_cuda:
-            torch.cuda.set_device(local_rank)
-            cfg = cfg.replace(device=f"cuda:{local_rank}")
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    try:
+    with distributed_from_env(cfg) as (cfg, rank):
         detector = Detector.from_config(cfg, progress=not args.quiet)
         evaluator = CocoEvaluator(dataset, class_names=detector.class_names, backend=args.backend)
         report = evaluator.evaluate(detector, batch_size=args.batch_size, progress=not args.quiet)
-        if distributed and dist.get_rank() != 0:
+        if rank != 0:
             return 0
         return _finish_eval(args, report, write_results=True)
-    finally:
-        if distributed and dist.is_initialized():
-            dist.destroy_process_group()
 
 
 def _finish_eval(args: argparse.Namespace, report: EvalReport, *, write_results: bool) -> int:

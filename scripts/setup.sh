@@ -6,6 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 NOISE="is ignored: it is neither a file nor a directory"  # this machine's pip config lists absent local indexes
+if ! command -v "$PYTHON" >/dev/null || ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
+    echo "error: detector needs Python 3.10 or newer with venv; install it (e.g. apt-get install python3 python3-venv) or run PYTHON=/path/to/python3.11 bash scripts/setup.sh" >&2
+    exit 2
+fi
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi

@@ -67,11 +67,21 @@ def test_truncated_video_keeps_frames_before_the_damage(tmp_path: Path) -> None:
     assert "ended after" in res.stderr  # the user is told the file is shorter than announced
 
 
-def test_default_source_and_outputs(tmp_path: Path) -> None:
-    """With no SOURCE the embedded demo clip runs; outputs go to ./runs/."""
-    code = main(["-q", "run", "--model", str(TORCHSCRIPT), "--max-frames", "2", "--out", str(tmp_path / "demo.mp4")])
-    assert code == 0
-    assert len((tmp_path / "demo.jsonl").read_text().splitlines()) == 2
+def test_default_source_and_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no SOURCE the embedded demo clip runs; outputs go to ./runs/, numbered on a second run."""
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        assert main(["-q", "run", "--model", "d2go", "--max-frames", "2"]) == 0
+    runs = tmp_path / "runs"
+    assert sorted(p.name for p in runs.iterdir()) == [
+        "vtest_excerpt-2.jsonl", "vtest_excerpt-2.mp4", "vtest_excerpt.jsonl", "vtest_excerpt.mp4"
+    ]  # fmt: skip
+    assert len((runs / "vtest_excerpt.jsonl").read_text().splitlines()) == 2
+    cap = cv2.VideoCapture(str(runs / "vtest_excerpt-2.mp4"))
+    try:
+        assert (cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_COUNT)) == (768, 2)
+    finally:
+        cap.release()
 
 
 def test_image_and_folder(tmp_path: Path) -> None:

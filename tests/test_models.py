@@ -164,10 +164,12 @@ def test_no_global_torch_state_changes_on_import() -> None:
     import sys
 
     code = (
-        "import torch; before=(torch.get_num_threads(), torch.backends.cudnn.benchmark, torch.is_grad_enabled());"
-        "import detector, detector.cli, detector.run, detector.models;"
-        "after=(torch.get_num_threads(), torch.backends.cudnn.benchmark, torch.is_grad_enabled());"
-        "assert before == after, (before, after); print('same')"
+        "import torch; state=lambda: (torch.get_num_threads(), torch.backends.cudnn.benchmark,"
+        " torch.is_grad_enabled(), torch.backends.quantized.engine); before=state();"
+        "import detector, detector.cli, detector.run, detector.models; assert state() == before, 'import';"
+        "m = detector.load('retinanet_resnet50_fpn', weights='random', min_size=64, max_size=96, device='cpu');"
+        "import numpy; m(numpy.zeros((48, 64, 3), numpy.uint8));"
+        "assert state() == before, (before, state()); print('same')"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "same"

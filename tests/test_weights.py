@@ -202,5 +202,9 @@ def test_random_weights_custom_classes_and_retinanet_inference(tmp_path: Path) -
     torch.manual_seed(1)
     model = MODELS["retinanet_resnet50_fpn"].build(tiny_config("retinanet_resnet50_fpn"), num_classes=5)
     assert MODELS["retinanet_resnet50_fpn"].num_classes_in(model.state_dict()) == 5
-    det = Detector.from_config(tiny_config("retinanet_resnet50_fpn", class_names=["bg", "a", "b", "c", "d"]))
+    det = Detector.from_config(tiny_config("retinanet_resnet50_fpn", class_names=["bg", "a", "b", "c", "d"],
+                                           score_threshold=0.0))  # fmt: skip
     assert det.model.head.classification_head.num_classes == 5
+    dets = det(np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8))  # real inference
+    assert len(dets) > 0 and set(dets.labels.tolist()) <= {0, 1, 2, 3, 4}
+    assert set(dets.names) <= {"bg", "a", "b", "c", "d"}, "names come from the custom class_names"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -100,17 +101,22 @@ def _mean_curve(precision: np.ndarray) -> np.ndarray:
 
 
 def plot_pr(scores: Scores, out_dir: Path) -> list[Path]:
-    import matplotlib
+    # Figure + the Agg canvas directly: no pyplot, so a notebook's or app's backend is left alone
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    def subplots(ncols: int = 1, **kw: Any) -> tuple[Figure, Any]:
+        fig = Figure(**{k: v for k, v in kw.items() if k in ("figsize", "dpi")})
+        FigureCanvasAgg(fig)
+        axes = fig.subplots(1, ncols, sharey=kw.get("sharey", False))
+        return fig, axes
 
     rec = scores.recall_thresholds
     prec = scores.precision[:, :, :, 0, -1]  # [T, R, K], area all, 100 detections
     i50, i75 = (int(scores.iou_thresholds.searchsorted(t)) for t in (0.5, 0.75))
     paths = []
 
-    fig, ax = plt.subplots(figsize=(6, 5), dpi=100)
+    fig, ax = subplots(figsize=(6, 5), dpi=100)
     for label, sl in (("IoU .50:.95", prec), ("IoU .50", prec[i50 : i50 + 1]), ("IoU .75", prec[i75 : i75 + 1])):
         curve = _mean_curve(sl)
         ax.plot(rec, curve, label=f"{label} (AP {curve.mean():.3f})")
@@ -119,13 +125,12 @@ def plot_pr(scores: Scores, out_dir: Path) -> list[Path]:
     ax.legend(loc="upper right")
     paths.append(out_dir / "pr_overall.png")
     fig.savefig(paths[-1], bbox_inches="tight")
-    plt.close(fig)
 
     # per-class curves at IoU .50 (averaging IoUs flattens them into steps), among classes with
     # enough ground truth for a curve to mean something
     ranked = [c for c in ranked_classes(scores) if c.ground_truth >= 5] or ranked_classes(scores)
     k_of = {c.category_id: k for k, c in enumerate(scores.per_class)}
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), dpi=100, sharey=True)
+    fig, axes = subplots(2, figsize=(11, 4.5), dpi=100, sharey=True)
     for ax, title, chosen in ((axes[0], "best classes", ranked[:5]), (axes[1], "worst classes", ranked[-5:][::-1])):
         for c in chosen:
             curve = _mean_curve(prec[i50 : i50 + 1, :, k_of[c.category_id] : k_of[c.category_id] + 1])
@@ -137,7 +142,6 @@ def plot_pr(scores: Scores, out_dir: Path) -> list[Path]:
     axes[0].set_ylabel("precision")
     paths.append(out_dir / "pr_classes.png")
     fig.savefig(paths[-1], bbox_inches="tight")
-    plt.close(fig)
     return paths
 
 

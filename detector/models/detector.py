@@ -10,6 +10,7 @@ for bf16/fp16, under autocast. Nothing global is changed.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, overload
@@ -103,6 +104,39 @@ class Detector:
         self._batches = True  # cleared if the model turns out to take one image per call
 
     @classmethod
+    def load(
+        cls,
+        model: str | Path = "fasterrcnn_resnet50_fpn",
+        *,
+        weights: str | Path | None = None,
+        device: str = "auto",
+        precision: str | None = None,
+        score_threshold: float | None = None,
+        classes: Iterable[str | int] | str | None = None,
+        progress: bool = False,
+        **overrides: Any,
+    ) -> Detector:
+        """One step from a name to a ready detector, with the CLI's defaults (device ``auto``,
+        score 0.5, torchvision's COCO weights).
+
+        ``model`` is a registry name (``fasterrcnn_resnet50_fpn``...), ``d2go`` (shipped with the
+        package), a preset name (``retinanet_r50_fpn_v2``), a YAML config file or a TorchScript
+        file. Keyword arguments override the config: ``weights`` (a ``.pth`` or ``"random"``),
+        ``classes`` (``["person", "car"]`` or ``"person,car"``) and any other config key
+        (``min_size=480``...).
+        """
+        from ..config import load_config
+        from ..resources import preset_path
+        from .registry import MODELS
+
+        values = {"weights": None if weights is None else str(weights), "device": device, "precision": precision,
+                  "score_threshold": score_threshold, "classes": classes, **overrides}  # fmt: skip
+        text = str(model)
+        if text.endswith((".yaml", ".yml")) or (text not in MODELS and preset_path(text) is not None):
+            return cls.from_config(load_config(text, values), progress=progress)
+        return cls.from_config(load_config(None, {"model": text, **values}), progress=progress)
+
+    @classmethod
     def from_config(cls, cfg: DetectorConfig, *, progress: bool = True) -> Detector:
         """Build the model ``cfg`` names, with its weights resolved and loaded."""
         from .build import build_model
@@ -175,7 +209,9 @@ class Detector:
         return out
 
     def _call(self, tensors: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), self._autocast(), warnings.catch_warnings():
+            # raised inside torchvision/TorchScript models on every call, not the caller's to fix
+            warnings.filterwarnings("ignore", message=r"torch\.meshgrid", category=UserWarning)
             out = self.model(tensors)
         if isinstance(out, tuple):  # scripted torchvision models return (losses, detections)
             out = out[1]

@@ -1,0 +1,197 @@
+"""The public API as an embedding app uses it: one-step load, stream() as a context manager,
+sinks of one shape, Detections interop, and layers that import only downwards."""
+
+from __future__ import annotations
+
+import ast
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import detector
+from detector import Detections, Detector
+from detector.io.types import Frame
+
+from .conftest import COCO_MINI, DEMO, ROOT, need
+from .test_live import Publisher
+from .test_pipeline import Tiny
+
+
+def reader_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("detector-")]
+
+
+def test_load_takes_names_presets_yaml_and_files(tmp_path: Path) -> None:
+    d2go = detector.load("d2go", classes="person")
+    assert d2go.name == "d2go" and d2go.score_threshold == 0.5 and d2go.keep_labels.tolist() == [1]
+    small = {"weights": "random", "min_size": 96, "max_size": 128, "device": "cpu"}
+    by_name = detector.load("retinanet_resnet50_fpn", **small)
+    by_preset = detector.load("retinanet_r50_fpn_v2", **small)
+    yaml = tmp_path / "mine.yaml"
+    yaml.write_text("model: fasterrcnn_resnet50_fpn\nscore_threshold: 0.3\n")
+    by_yaml = detector.load(yaml, **small)
+    assert (by_name.name, by_preset.name, by_yaml.name) == (
+        "retinanet_resnet50_fpn",
+        "retinanet_resnet50_fpn_v2",
+        "fasterrcnn_resnet50_fpn",
+    )
+    assert by_yaml.score_threshold == 0.3
+    frame = np.zeros((64, 80, 3), np.uint8)
+    assert isinstance(by_preset(frame), Detections)
+    with pytest.raises(detector.ConfigError, match="did you mean 'min_size'"):
+        detector.load("d2go", min_sise=3)
+
+
+def test_frames_as_pil_images_and_paths(torchscript_detector: Detector) -> None:
+    from PIL import Image
+
+    path = sorted(need(COCO_MINI / "val2017").glob("*.jpg"))[0]
+    from_path = torchscript_detector(path)
+    from_pil = torchscript_detector(Image.open(path))
+    from_str = torchscript_detector([str(path)])[0]
+    assert len(from_path) > 0
+    np.testing.assert_allclose(from_pil.boxes, from_path.boxes, atol=1e-3)
+    np.testing.assert_array_equal(from_str.labels, from_path.labels)
+
+
+def test_stream_is_a_context_manager_with_max_frames() -> None:
+    tiny = Detector(Tiny(), device="cpu")
+    with detector.open_source(DEMO) as source, detector.stream(source, tiny, max_frames=7) as results:
+        indices = [frame.index for frame, _ in results]
+    assert indices == list(range(7))
+    assert reader_threads() == []
+    with detector.open_source(DEMO) as source:
+        results = detector.stream(source, tiny)
+        next(results)
+        assert reader_threads() == ["detector-read"]
+        del results  # dropping the stream stops and joins its reader
+        assert reader_threads() == []
+
+
+def test_stream_on_a_live_source_serves_the_newest_frame() -> None:
+    """A model slower than the camera: every result is for a frame at most about one model
+    call old, never a backlog (a FIFO of 4 frames would be ~4 calls old)."""
+    from detector.io.browser import BrowserSink
+
+    class Slow(Tiny):
+        def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+            time.sleep(0.1)
+            return super().forward(images)
+
+    with BrowserSink("127.0.0.1", 0) as server:
+        publisher = Publisher(server, fps=50)
+        try:
+            with detector.open_source(server.url + "stream.mjpg") as source:
+                ages = []
+                with detector.stream(source, Detector(Slow(), device="cpu"), max_frames=12) as results:
+                    for frame, _ in results:
+                        ages.append(time.perf_counter() - frame.captured_at)
+        finally:
+            publisher.close()
+    assert len(ages) == 12
+    assert np.median(ages[2:]) < 0.3, f"results are for stale frames: ages {np.round(ages, 3)}"
+
+
+def test_user_sinks_get_every_frame_with_its_detections(tmp_path: Path) -> None:
+    seen: list[tuple[int, int]] = []
+
+    class Counter:
+        def write(self, frame: Frame, dets: Detections) -> None:
+            seen.append((frame.index, len(dets)))
+
+    result = detector.run(Detector(Tiny(), device="cpu"), DEMO, sinks=[Counter()], max_frames=5, progress=False)
+    assert seen == [(i, 1) for i in range(5)] and result.frames == 5
+    assert result.out is None and result.json is None, "with only user sinks nothing is written to ./runs"
+
+
+def test_detections_rows_arrays_and_bridges() -> None:
+    dets = Detections(np.array([[1, 2, 3, 4], [5, 6, 7, 8]], np.float32), np.array([0.9, 0.4], np.float32),
+                      np.array([1, 3]))  # fmt: skip
+    rows = list(dets)
+    assert [(r[1], r[2], r[3]) for r in rows] == [(pytest.approx(0.9), 1, "person"), (pytest.approx(0.4), 3, "car")]
+    np.testing.assert_array_equal(rows[0][0], [1, 2, 3, 4])
+    with pytest.raises(TypeError, match="dets.boxes"):
+        np.asarray(dets)
+    tv = Detections.from_torchvision({"boxes": torch.tensor([[1.0, 2, 3, 4]]), "scores": torch.tensor([0.5]),
+                                      "labels": torch.tensor([18])})  # fmt: skip
+    assert tv.names == ["dog"]
+    import supervision as sv
+
+    svd = dets.to_supervision()
+    assert isinstance(svd, sv.Detections)
+    np.testing.assert_array_equal(svd.class_id, [1, 3])  # torchvision's COCO ids: person is 1
+    assert list(svd.data["class_name"]) == ["person", "car"]
+    back = Detections.from_supervision(svd)
+    np.testing.assert_array_equal(back.boxes, dets.boxes)
+    np.testing.assert_array_equal(back.labels, dets.labels)
+    annotated = sv.BoxAnnotator().annotate(np.zeros((20, 20, 3), np.uint8), svd)  # supervision's own annotators
+    assert annotated.any()
+
+
+# -- layers ------------------------------------------------------------------------------------
+
+LAYERS = [
+    ("detector.errors", "detector.categories", "detector.resources"),
+    ("detector.config", "detector.structures"),
+    ("detector.io.base", "detector.io.types"),
+    ("detector.io", "detector.render"),
+    ("detector.models",),
+    ("detector.pipeline",),
+    ("detector.run", "detector.eval"),
+    ("detector.cli", "detector.__main__"),
+]
+
+
+def layer_of(module: str) -> int:
+    best = (-1, -1)
+    for rank, prefixes in enumerate(LAYERS):
+        for prefix in prefixes:
+            if module == prefix or module.startswith(prefix + "."):
+                best = max(best, (len(prefix), rank))
+    assert best[1] >= 0, f"{module} is in no layer"
+    return best[1]
+
+
+def imports_of(path: Path, module: str) -> set[str]:
+    """Every detector module imported anywhere in the file (lazy imports included)."""
+    found = set()
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                target = f"{base}.{node.module}" if node.module else base
+            else:
+                target = node.module or ""
+            if target.startswith("detector"):
+                found.add(target)
+                found.update(
+                    f"{target}.{a.name}"
+                    for a in node.names
+                    if (ROOT / (target + "." + a.name).replace(".", "/")).with_suffix(".py").exists()
+                )
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("detector"))
+    return found
+
+
+def test_no_module_imports_one_above_its_layer() -> None:
+    bad = []
+    for path in sorted((ROOT / "detector").rglob("*.py")):
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        if module == "detector":
+            continue  # the package's lazy exports name everything by design
+        for target in imports_of(path, module):
+            if target != "detector" and layer_of(target) > layer_of(module):
+                bad.append(f"{module} imports {target}")
+    assert bad == []
+
+
+def test_loading_models_changes_no_global_torch_state() -> None:
+    before = torch.backends.quantized.engine
+    detector.load("retinanet_resnet50_fpn", weights="random", min_size=96, max_size=128, device="cpu")
+    assert torch.backends.quantized.engine == before, "a float model must not switch the quantized engine"
