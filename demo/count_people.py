@@ -1,6 +1,6 @@
 """People per second of video: count the people in every frame, average them per second.
 
-    python demo/count_people.py [VIDEO] [--model d2go] [--score 0.6]
+python demo/count_people.py [VIDEO] [--model d2go] [--score 0.6]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """stream() for embedding: take 50 results and stop; no thread is left running afterwards.
 
-    python demo/first_50_frames.py [VIDEO] [--model d2go]
+python demo/first_50_frames.py [VIDEO] [--model d2go]
 """
 
 from __future__ import annotations

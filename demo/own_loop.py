@@ -1,6 +1,6 @@
 """Your own OpenCV loop: cv2.VideoCapture in, cv2.VideoWriter out, the package only detects and draws.
 
-    python demo/own_loop.py INPUT OUTPUT.mp4 [--model d2go]
+python demo/own_loop.py INPUT OUTPUT.mp4 [--model d2go]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Annotate a video file using only the public API.
 
-    python demo/video_file.py INPUT OUTPUT.mp4 [--model d2go|NAME|FILE.pt] [--weights PATH|random]
+python demo/video_file.py INPUT OUTPUT.mp4 [--model d2go|NAME|FILE.pt] [--weights PATH|random]
 """
 
 from __future__ import annotations
