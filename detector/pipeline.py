@@ -205,9 +205,11 @@ def run_pipeline(
     queue_size: int = 4,
     max_frames: int | None = None,
     stats: Stats | None = None,
+    on_main_thread: Callable[[], None] | None = None,
 ) -> Stats:
     """Decode ``frames`` in a reader thread, detect here, and hand each result to
-    ``render`` then ``consume`` in a writer thread, in order.
+    ``render`` then ``consume`` in a writer thread, in order. ``on_main_thread`` is
+    called in the calling thread before each frame is detected (may raise ``StopPipeline``).
 
     A live source (``frames.live`` is true: it has its own capture thread that
     keeps only the newest frame) is read directly by the detecting thread, and
@@ -239,6 +241,8 @@ def run_pipeline(
     writer.start()
     try:
         while (frame := feed.next()) is not _DONE:
+            if on_main_thread is not None:  # e.g. a GUI window's event pump: toolkits want the main thread
+                on_main_thread()
             t0 = time.perf_counter()
             tensors = detector.preprocess([frame.image])
             t1 = time.perf_counter()

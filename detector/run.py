@@ -266,7 +266,14 @@ def run(
             detections += len(dets)
             bar.update()
 
-        stats = run_pipeline(source, detector, write, render=render, max_frames=max_frames)
+        pumps = [s.pump for s in all_sinks if getattr(s, "main_thread_pump", False)]  # type: ignore[attr-defined]
+
+        def on_main_thread() -> None:
+            for pump in pumps:
+                pump()
+
+        stats = run_pipeline(source, detector, write, render=render, max_frames=max_frames,
+                             on_main_thread=on_main_thread if pumps else None)  # fmt: skip
         files = {type(s): s.path for s in all_sinks if isinstance(s, (VideoFileSink, ImageSink, JsonlSink))}
     media = files.get(VideoFileSink, files.get(ImageSink))
     return RunResult(stats.frames, detections, media, files.get(JsonlSink), time.perf_counter() - start, stats)

@@ -195,3 +195,26 @@ def test_loading_models_changes_no_global_torch_state() -> None:
     before = torch.backends.quantized.engine
     detector.load("retinanet_resnet50_fpn", weights="random", min_size=96, max_size=128, device="cpu")
     assert torch.backends.quantized.engine == before, "a float model must not switch the quantized engine"
+
+
+def test_window_like_sinks_are_pumped_on_the_main_thread() -> None:
+    """GUI calls (a window's imshow/waitKey) run on the calling thread, not the writer thread;
+    the q key (StopPipeline from the pump) ends the run quietly."""
+    calls: list[str] = []
+
+    class FakeWindow:
+        main_thread_pump = True
+
+        def write(self, frame: Frame, dets: Detections) -> None:
+            calls.append(f"write:{threading.current_thread().name}")
+
+        def pump(self) -> None:
+            calls.append(f"pump:{threading.current_thread().name}")
+            if sum(c.startswith("pump") for c in calls) == 6:
+                raise detector.StopPipeline("q pressed")
+
+    result = detector.run(Detector(Tiny(), device="cpu"), DEMO, sinks=[FakeWindow()], progress=False)
+    pumps = [c for c in calls if c.startswith("pump")]
+    assert pumps == ["pump:MainThread"] * 6
+    assert all(c == "write:detector-write" for c in calls if c.startswith("write"))
+    assert result.frames <= 5, "the run stopped at the sixth pump"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+
 import cv2
+import numpy as np
 
 from ..errors import SinkError, StopPipeline
 from ..structures import Detections
@@ -23,10 +26,20 @@ def check_gui() -> None:
 
 
 class WindowSink(Closeable):
-    """Shows frames in a window; q or Esc stops the pipeline."""
+    """Shows frames in a window; q or Esc stops the pipeline.
+
+    GUI toolkits (Cocoa on macOS above all) want window calls on the main thread,
+    while frames are rendered in the pipeline's writer thread: ``write`` only keeps
+    the newest frame, and :meth:`pump`, which :func:`detector.run.run` calls from the
+    detecting (main) thread once per frame, shows it and reads the keyboard.
+    """
+
+    main_thread_pump = True
 
     def __init__(self, title: str = "detector") -> None:
         self.title = title
+        self._lock = threading.Lock()
+        self._latest: np.ndarray | None = None
         check_gui()
         try:
             cv2.namedWindow(title, cv2.WINDOW_NORMAL)
@@ -34,7 +47,15 @@ class WindowSink(Closeable):
             raise SinkError(HEADLESS_HINT) from None
 
     def write(self, frame: Frame, detections: Detections | None = None) -> None:
-        cv2.imshow(self.title, frame.image)
+        with self._lock:
+            self._latest = frame.image
+
+    def pump(self) -> None:
+        """Show the newest frame and handle keys; call from the thread that created the window."""
+        with self._lock:
+            image, self._latest = self._latest, None
+        if image is not None:
+            cv2.imshow(self.title, image)
         if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
             raise StopPipeline("window closed by the user")
 
