@@ -11,6 +11,7 @@ one died.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -319,7 +320,8 @@ class Stream:
         self.close()
 
     def __del__(self) -> None:
-        self.close()
+        with contextlib.suppress(Exception):  # also at interpreter exit, when modules are half gone
+            self.close()
 
 
 def stream(frames: Iterable[Frame], detector: Detector, *, queue_size: int = 4,

@@ -183,7 +183,16 @@ class CocoEvaluator:
             self.gather()
             if _world()[1] > 1:
                 speed = _gather_speed(speed)
-        scores = score(self.dataset.coco, self.results, self.dataset.image_ids, self.backend)
+        rank, world = _world()
+        if world == 1:
+            scores = score(self.dataset.coco, self.results, self.dataset.image_ids, self.backend)
+        else:  # rank 0 scores once; the others get its result
+            box: list[Scores | None] = [
+                score(self.dataset.coco, self.results, self.dataset.image_ids, self.backend) if rank == 0 else None
+            ]
+            dist.broadcast_object_list(box, src=0)
+            assert box[0] is not None
+            scores = box[0]
         return EvalReport(scores, self.model_name, len(self.dataset), speed, self.results)
 
 
