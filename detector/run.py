@@ -156,6 +156,8 @@ def run(
     max_frames: int | None = None,
     progress: bool = True,
     serve: str | None = None,
+    serve_token: str | None = None,
+    max_viewers: int = 32,
     show: bool = False,
     hud: bool = False,
     plan: OutputPlan | None = None,
@@ -164,7 +166,8 @@ def run(
 
     Decoding, detection and rendering+writing overlap
     (:func:`detector.pipeline.run_pipeline`). ``serve`` (``[HOST:]PORT``) adds the
-    browser view, ``show`` a window, ``hud`` a status line on every frame.
+    browser view (``serve_token``, ``max_viewers``: see :class:`detector.io.browser.BrowserSink`),
+    ``show`` a window, ``hud`` a status line on every frame.
     ``plan`` (from :func:`plan_outputs`) replaces ``out``/``json``.
     Views open first and files last, so a view that cannot start touches no file;
     files are renamed into place when finalised (see :mod:`detector.io.sinks`).
@@ -182,8 +185,9 @@ def run(
         if serve is not None:
             from .io.browser import BrowserSink, parse_address
 
-            browser = stack.enter_context(BrowserSink(*parse_address(serve), title=f"detector: {detector.name}"))
-            print(f"live view: {browser.url}", flush=True)
+            browser = stack.enter_context(BrowserSink(*parse_address(serve), title=f"detector: {detector.name}",
+                                                      token=serve_token, max_viewers=max_viewers))  # fmt: skip
+            print(f"live view: {browser.view_url}", flush=True)
         window = None
         if show:
             from .io.window import WindowSink
