@@ -319,12 +319,26 @@ class BrowserSink(Closeable):
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
-            server_version = "detector"
-            sys_version = ""
+            default_request_version = "HTTP/1.1"  # so that even a malformed request line gets the headers below
             timeout = sink.timeout  # socket timeout: an idle or stalled connection is closed
+
+            def version_string(self) -> str:
+                return "detector"
 
             def log_message(self, fmt: str, *args: Any) -> None:
                 log.debug("%s %s", self.address_string(), _redact(fmt % args))
+
+            def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+                """http.server's errors (bad request line, unsupported method, timeouts) as plain text
+                that quotes nothing the client sent."""
+                log.debug("%s %d %s", self.address_string(), code, _redact(message or ""))
+                status = HTTPStatus(code)
+                self.close_connection = True
+                if status.value < 200 or status in (HTTPStatus.NO_CONTENT, HTTPStatus.NOT_MODIFIED):
+                    self.send_response(status)
+                    self.end_headers()
+                    return
+                self._text(status, f"{status.value} {status.phrase}\n", (("Connection", "close"),))
 
             def end_headers(self) -> None:
                 for name, value in SECURITY_HEADERS:
