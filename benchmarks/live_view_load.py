@@ -93,6 +93,7 @@ def main() -> None:
     )
     token = secrets.token_urlsafe(24)
     fps: dict[str, list[float]] = {"none": [], "full": []}
+    cpu: dict[str, list[float]] = {"none": [], "full": []}
     delivered: list[float] = []
     with BrowserSink("127.0.0.1", 0, token=token, max_viewers=max(viewers, DEFAULT_MAX_VIEWERS)) as sink:
 
@@ -102,12 +103,14 @@ def main() -> None:
         def publish(frame: Frame, dets: Detections) -> None:
             sink.write(frame.image, {"frame": frame.index, "detections": len(dets)})
 
-        def one_run(frames: int) -> float:
+        def one_run(frames: int) -> tuple[float, float]:
+            """(fps, CPU ms per frame of this whole process: pipeline and server threads)."""
             from detector.io import open_source
 
+            cpu = time.process_time()
             with open_source(str(VIDEO)) as source:
                 stats = run_pipeline(source, detector, publish, render=render, max_frames=frames)
-            return stats.frames / stats.seconds
+            return stats.frames / stats.seconds, (time.process_time() - cpu) * 1000 / stats.frames
 
         one_run(20)  # warm-up
         for r in range(args.rounds):
@@ -124,26 +127,31 @@ def main() -> None:
                         time.sleep(0.05)
                     assert sink.viewers == viewers, f"{sink.viewers} viewers connected, wanted {viewers}"
                 try:
-                    value = one_run(args.frames)
+                    value, cpu_ms = one_run(args.frames)
                 finally:
                     if proc is not None:
                         out, _ = proc.communicate("", timeout=30)  # closing stdin stops the viewers
                         _, frames_seen = map(int, out.split()[-2:])
                         delivered.append(frames_seen / viewers / args.frames)
                 fps[mode].append(value)
-                print(f"round {r + 1} {mode:>4}: {value:.2f} fps", file=sys.stderr, flush=True)
+                cpu[mode].append(cpu_ms)
+                print(
+                    f"round {r + 1} {mode:>4}: {value:.2f} fps, {cpu_ms:.0f} CPU ms/frame", file=sys.stderr, flush=True
+                )
                 deadline = time.monotonic() + 10
                 while (sink.viewers or sink.connections) and time.monotonic() < deadline:
                     time.sleep(0.05)
 
-    none, full = statistics.median(fps["none"]), statistics.median(fps["full"])
+    med = {mode: (statistics.median(fps[mode]), statistics.median(cpu[mode])) for mode in fps}
     print(f"# live view load, {detector.name} on vtest.avi, {args.frames} frames x {args.rounds} interleaved rounds, "
           f"{machine()}")  # fmt: skip
-    print("| viewers | pipeline fps (median) | all rounds | vs no viewers |")
-    print("|---:|---:|---|---:|")
-    print(f"| 0 | {none:.2f} | {' '.join(f'{x:.2f}' for x in fps['none'])} | |")
-    print(f"| {viewers} (the cap) | {full:.2f} | {' '.join(f'{x:.2f}' for x in fps['full'])} | "
-          f"{(full / none - 1) * 100:+.1f}% |")  # fmt: skip
+    print("| viewers | pipeline fps, median (rounds) | vs none | CPU ms/frame, median (rounds) | vs none |")
+    print("|---:|---:|---:|---:|---:|")
+    for mode, label in (("none", "0"), ("full", f"{viewers} (the cap)")):
+        (f, c), (f0, c0) = med[mode], med["none"]
+        vs_f, vs_c = ("", "") if mode == "none" else (f"{(f / f0 - 1) * 100:+.1f}%", f"{(c / c0 - 1) * 100:+.1f}%")
+        print(f"| {label} | {f:.2f} ({' '.join(f'{x:.2f}' for x in fps[mode])}) | {vs_f} "
+              f"| {c:.0f} ({' '.join(f'{x:.0f}' for x in cpu[mode])}) | {vs_c} |")  # fmt: skip
     print(f"\neach viewer received {statistics.median(delivered) * 100:.0f}% of the frames (median over rounds)")
 
 

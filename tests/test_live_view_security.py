@@ -199,7 +199,7 @@ def test_token_free_loopback_answers_only_to_loopback_host_names() -> None:
             assert status == 403 and b"evil" not in body, host
 
 
-def test_200_connections_at_once_serve_the_cap_and_leave_nothing_behind() -> None:
+def test_200_connections_at_once_serve_the_cap_and_leave_nothing_behind(caplog: pytest.LogCaptureFixture) -> None:
     gc.collect()
     fds, threads = open_fds(), threading.active_count()
     cap = 32
@@ -230,6 +230,8 @@ def test_200_connections_at_once_serve_the_cap_and_leave_nothing_behind() -> Non
         assert time.monotonic() - start < 15 and max(waits) < 5, "refused at once, not after a timeout"
         assert len(server_threads()) <= 1 + 2 * cap, "a thread per open connection, and no more than the cap"
         assert wait_until(lambda: sink.viewers == cap, 5)
+        full = [r for r in caplog.records if "the most it serves" in r.getMessage()]
+        assert len(full) == 1 and full[0].levelno == logging.WARNING, "the operator is told once, not 168 times"
         # a stats request still gets through (the refused connections were closed), and sees the cap
         assert wait_until(lambda: sink.connections == cap, 5), sink.connections
         assert b'"viewers": 32' in get(sink, f"/stats.json?token={TOKEN}")[2]

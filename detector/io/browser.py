@@ -24,6 +24,7 @@ import re
 import secrets
 import select
 import socket
+import sys
 import threading
 import time
 from http import HTTPStatus
@@ -239,7 +240,15 @@ class _Server(ThreadingHTTPServer):
         self.max_connections = max_connections
         self._open: dict[Any, threading.Thread] = {}
         self._open_lock = threading.Lock()
+        self._warned_at = -1e9
         super().__init__(address, handler)
+
+    def warn_full(self, what: str) -> None:
+        """Tell the operator a cap is reached, at most once a minute (a flood must not flood the log)."""
+        now = time.monotonic()
+        if now - self._warned_at >= 60:
+            self._warned_at = now
+            log.warning("live view: %s, the most it serves; answering 503 to more (--max-viewers raises it)", what)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._open_lock:
@@ -249,11 +258,19 @@ class _Server(ThreadingHTTPServer):
                                           name="detector-http-viewer", daemon=True)  # fmt: skip
                 self._open[request] = thread
         if full:
-            log.debug("live view: %d connections open, turning one away", self.max_connections)
+            self.warn_full(f"{self.max_connections} connections")
             _turn_away(request)
             self.shutdown_request(request)
             return
         thread.start()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A viewer that goes away mid-response is normal: logged at debug, not printed to stderr."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            log.debug("live view: connection from %s ended: %s", client_address[0], exc)
+        else:
+            log.exception("live view: error serving %s", client_address[0])
 
     def shutdown_request(self, request: Any) -> None:
         with self._open_lock:
@@ -399,6 +416,7 @@ class BrowserSink(Closeable):
                     if not full:
                         sink.viewers += 1
                 if full:
+                    sink._server.warn_full(f"{sink.max_viewers} viewers")
                     self._text(HTTPStatus.SERVICE_UNAVAILABLE,
                                f"this live view has its {sink.max_viewers} viewers; try again later\n",
                                (("Retry-After", "5"), ("Connection", "close")))  # fmt: skip
