@@ -152,7 +152,10 @@ def main() -> None:
         vs_f, vs_c = ("", "") if mode == "none" else (f"{(f / f0 - 1) * 100:+.1f}%", f"{(c / c0 - 1) * 100:+.1f}%")
         print(f"| {label} | {f:.2f} ({' '.join(f'{x:.2f}' for x in fps[mode])}) | {vs_f} "
               f"| {c:.0f} ({' '.join(f'{x:.0f}' for x in cpu[mode])}) | {vs_c} |")  # fmt: skip
-    print(f"\neach viewer received {statistics.median(delivered) * 100:.0f}% of the frames (median over rounds)")
+    paired = [full / none for full, none in zip(fps["full"], fps["none"], strict=True)]
+    print(f"\nper round, fps with the cap full / without: {' '.join(f'{x:.2f}' for x in paired)}; "
+          f"median {statistics.median(paired):.3f}")  # fmt: skip
+    print(f"each viewer received {statistics.median(delivered) * 100:.0f}% of the frames (median over rounds)")
 
 
 if __name__ == "__main__":
