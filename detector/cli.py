@@ -70,6 +70,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         ("--max-frames", args.max_frames, 1),
         ("--stride", args.stride, 1),
         ("--start", args.start, 0),
+        ("--max-viewers", args.max_viewers, 1),
     ):
         if value is not None and value < least:
             raise DetectorError(f"{flag} must be at least {least}, got {value}")
@@ -77,10 +78,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise DetectorError(f"--end ({args.end}) must be greater than --start ({args.start or 0})")
     # Check input, outputs and views before the (slow) model load and before any output is
     # opened, so mistakes fail fast and a failed start leaves earlier outputs as they were.
+    serve_token = args.serve_token if args.serve_token is not None else os.environ.get("DETECTOR_SERVE_TOKEN") or None
+    if args.serve_token is not None and args.serve is None:
+        raise DetectorError("--serve-token applies to the live view; add --serve [HOST:]PORT")
     if args.serve is not None:
-        from .io.browser import check_address, parse_address
+        from .io.browser import check_address, check_token, parse_address
 
         check_address(*parse_address(args.serve))
+        check_token(serve_token)
     if args.show:
         from .io.window import check_gui
 
@@ -97,7 +102,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     log.info("model %s on %s (%s); input %s", detector.name, detector.device, detector.precision, source.info.path)
     try:
         result = run(detector, source, plan=plan, max_frames=args.max_frames, progress=not args.quiet,
-                     serve=args.serve, show=args.show, hud=args.hud)  # fmt: skip
+                     serve=args.serve, serve_token=serve_token, max_viewers=args.max_viewers,
+                     show=args.show, hud=args.hud)  # fmt: skip
     except Interrupted as exc:
         kept = [str(p) for p in (plan.out, plan.json) if p is not None]
         exc.detail = f"; the frames processed so far are in {' and '.join(kept)}" if kept else ""
@@ -233,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--serve", metavar="[HOST:]PORT", help="browser live view (MJPEG over HTTP), bound to 127.0.0.1 by default"
     )
+    p.add_argument("--serve-token", metavar="TOKEN",
+                   help="access token for --serve (default: $DETECTOR_SERVE_TOKEN, else a random one, printed "
+                        "in the URL, when bound beyond 127.0.0.1); 'none' for no token")  # fmt: skip
+    p.add_argument("--max-viewers", type=int, default=32, metavar="N", help="--serve: concurrent streams (default 32)")
     p.add_argument("--show", action="store_true", help="show a window (needs GUI OpenCV; q or Esc stops)")
     p.add_argument("--hud", action="store_true", help="draw fps, latency, model and frame index on every frame")
     p.add_argument("--stride", type=int, help="video files: process every N-th frame")

@@ -159,11 +159,12 @@ def plan_outputs(
 class BrowserView(Closeable):
     """The browser live view as a sink: publishes each annotated frame with live stats."""
 
-    def __init__(self, serve: str, title: str) -> None:
+    def __init__(self, serve: str, title: str, *, token: str | None = None, max_viewers: int = 32) -> None:
         from .io.browser import BrowserSink, parse_address
 
-        self.server = BrowserSink(*parse_address(serve), title=title)
-        self.url = self.server.url
+        self.server = BrowserSink(*parse_address(serve), title=title, token=token, max_viewers=max_viewers)
+        self.url = self.server.view_url
+        """The page's address, with the access token when one is required (print it once)."""
         self._fps = Hud("")
 
     def write(self, frame: Frame, detections: Detections) -> None:
@@ -183,13 +184,15 @@ def open_sinks(
     serve: str | None = None,
     show: bool = False,
     title: str = "detector",
+    serve_token: str | None = None,
+    max_viewers: int = 32,
 ) -> list[Sink]:
     """The sinks a plan and the view options ask for, entered on ``stack``. Views open first and
     files last, so a view that cannot start touches no file."""
     info = source.info
     sinks: list[Sink] = []
     if serve is not None:
-        view = stack.enter_context(BrowserView(serve, title))
+        view = stack.enter_context(BrowserView(serve, title, token=serve_token, max_viewers=max_viewers))
         print(f"live view: {view.url}", flush=True)
         sinks.append(view)
     if show:
@@ -218,6 +221,8 @@ def run(
     out: Path | None = None,
     json: Path | None = None,
     serve: str | None = None,
+    serve_token: str | None = None,
+    max_viewers: int = 32,
     show: bool = False,
     hud: bool = False,
     max_frames: int | None = None,
@@ -231,7 +236,9 @@ def run(
     entered and closed here). ``out``/``json`` (or a ``plan`` from :func:`plan_outputs`),
     ``serve`` (``[HOST:]PORT``, browser view) and ``show`` (a window) add the built-in sinks;
     with none of them and no ``sinks``, a file input writes to ./runs/ as the CLI does.
-    ``hud`` draws a status line on every frame. Decoding, detection and rendering+writing
+    ``serve_token`` and ``max_viewers`` configure the browser view (see
+    :class:`detector.io.browser.BrowserSink`). ``hud`` draws a status line on every frame.
+    Decoding, detection and rendering+writing
     overlap (:func:`detector.pipeline.run_pipeline`); files are renamed into place when
     finalised (see :mod:`detector.io.sinks`).
     """
@@ -243,7 +250,8 @@ def run(
         if plan is None and (out is not None or json is not None or not (sinks or serve or show)):
             plan = plan_outputs(source, out, json, live_view=bool(serve or show or sinks))
         title = f"detector: {detector.name}"
-        all_sinks = open_sinks(stack, source, plan or OutputPlan(None, None), serve=serve, show=show, title=title)
+        all_sinks = open_sinks(stack, source, plan or OutputPlan(None, None), serve=serve, show=show, title=title,
+                               serve_token=serve_token, max_viewers=max_viewers)  # fmt: skip
         for sink in sinks:
             all_sinks.append(stack.enter_context(sink) if isinstance(sink, contextlib.AbstractContextManager) else sink)
         info = source.info
