@@ -20,7 +20,7 @@ import torch
 from common import SHARED, VIDEO, machine, median
 
 from detector import Detector, load_config
-from detector.run import run
+from detector.runner import run
 
 MODEL = SHARED / "models" / "d2go_faster_rcnn_fbnetv3a_c4_coco_int8.torchscript.pt"
 

@@ -40,7 +40,7 @@ _EXPORTS = {
     "stream": "detector.pipeline",
     "Stream": "detector.pipeline",
     "StopPipeline": "detector.errors",
-    "run": "detector.run",
+    "run": "detector.runner",
     "ConfigError": "detector.errors",
     "DetectorError": "detector.errors",
     "SinkError": "detector.errors",
@@ -84,7 +84,7 @@ if TYPE_CHECKING:
     from .pipeline import Stream, stream
     from .render import BoxAnnotator, LabelAnnotator, annotate
     from .resources import DEMO_CLIP
-    from .run import run
+    from .runner import run
     from .structures import Detections
 
 

@@ -63,7 +63,7 @@ def _config_from(args: argparse.Namespace) -> DetectorConfig:
 def cmd_run(args: argparse.Namespace) -> int:
     from .io.sources import open_source
     from .models import Detector
-    from .run import DEFAULT_SOURCE, plan_outputs, run
+    from .runner import DEFAULT_SOURCE, plan_outputs, run
 
     cfg = _config_from(args)
     for flag, value, least in (

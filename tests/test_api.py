@@ -103,6 +103,9 @@ def test_user_sinks_get_every_frame_with_its_detections(tmp_path: Path) -> None:
         def write(self, frame: Frame, dets: Detections) -> None:
             seen.append((frame.index, len(dets)))
 
+    import detector.runner  # importing the module must not shadow the run() function
+
+    assert detector.run is detector.runner.run
     result = detector.run(Detector(Tiny(), device="cpu"), DEMO, sinks=[Counter()], max_frames=5, progress=False)
     assert seen == [(i, 1) for i in range(5)] and result.frames == 5
     assert result.out is None and result.json is None, "with only user sinks nothing is written to ./runs"
@@ -141,7 +144,7 @@ LAYERS = [
     ("detector.io", "detector.render"),
     ("detector.models",),
     ("detector.pipeline",),
-    ("detector.run", "detector.eval"),
+    ("detector.runner", "detector.eval"),
     ("detector.cli", "detector.__main__"),
 ]
 

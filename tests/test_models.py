@@ -106,8 +106,10 @@ def test_bad_frames_are_rejected(small_frame: np.ndarray) -> None:
         det(small_frame.astype(np.float32))
     with pytest.raises(ValueError, match="shape"):
         det(np.zeros((10, 10, 5), np.uint8))
+    with pytest.raises(ValueError, match="cannot read no_such_frame.jpg"):
+        det("no_such_frame.jpg")  # paths are read as images
     with pytest.raises(TypeError):
-        det("frame.jpg")  # type: ignore[arg-type]
+        det(3)  # type: ignore[arg-type]
 
 
 def test_class_filter_and_thresholds(small_frame: np.ndarray) -> None:
@@ -166,7 +168,7 @@ def test_no_global_torch_state_changes_on_import() -> None:
     code = (
         "import torch; state=lambda: (torch.get_num_threads(), torch.backends.cudnn.benchmark,"
         " torch.is_grad_enabled(), torch.backends.quantized.engine); before=state();"
-        "import detector, detector.cli, detector.run, detector.models; assert state() == before, 'import';"
+        "import detector, detector.cli, detector.runner, detector.models; assert state() == before, 'import';"
         "m = detector.load('retinanet_resnet50_fpn', weights='random', min_size=64, max_size=96, device='cpu');"
         "import numpy; m(numpy.zeros((48, 64, 3), numpy.uint8));"
         "assert state() == before, (before, state()); print('same')"

@@ -20,7 +20,7 @@ import pytest
 
 from detector.errors import SinkError
 from detector.io import JsonlSink, VideoFileSink, open_source
-from detector.run import plan_outputs
+from detector.runner import plan_outputs
 
 from .conftest import COCO_MINI, DEMO, TORCHSCRIPT, VIDEO, need
 

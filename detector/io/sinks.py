@@ -3,7 +3,7 @@
 Every sink is a context manager with ``write(frame, detections)`` (a
 :class:`~detector.io.sources.Frame`, already annotated, and its
 :class:`~detector.structures.Detections`) and closes (finalises) in ``finally``;
-:func:`detector.run.run` takes a list of them, yours included. Every file is
+:func:`detector.runner.run` takes a list of them, yours included. Every file is
 written under a temporary name in its own folder and renamed into place once
 finalised, so an existing file is only ever replaced by a complete one:
 

@@ -30,7 +30,7 @@ class WindowSink(Closeable):
 
     GUI toolkits (Cocoa on macOS above all) want window calls on the main thread,
     while frames are rendered in the pipeline's writer thread: ``write`` only keeps
-    the newest frame, and :meth:`pump`, which :func:`detector.run.run` calls from the
+    the newest frame, and :meth:`pump`, which :func:`detector.runner.run` calls from the
     detecting (main) thread once per frame, shows it and reads the keyboard.
     """
 
