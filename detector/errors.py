@@ -25,3 +25,7 @@ class SourceError(DetectorError):
 
 class SinkError(DetectorError):
     """An output (video, image, JSON Lines) cannot be written."""
+
+
+class EngineError(DetectorError):
+    """An inference engine is missing, or an exported model file is corrupt or does not fit."""
