@@ -48,6 +48,7 @@ class OpenVINOEngine:
         ov = require("openvino")
         if precision not in OV_PRECISIONS:
             raise EngineError(f"the openvino engine runs fp32 or bf16, not {precision}; use --precision fp32 or bf16")
+        self._ov = ov
         self.core = ov.Core()
         if precision == "bf16" and not cpu_has_bf16(self.core):
             log.warning("this CPU has no native bf16 (OpenVINO: %s); OpenVINO runs in f32",
@@ -76,7 +77,7 @@ class OpenVINOEngine:
         if request is not None:
             self._compiled.move_to_end(key)
             return request
-        if not self._input_shape.compatible([3, height, width]):
+        if not self._input_shape.compatible(self._ov.PartialShape([3, height, width])):
             raise EngineError(
                 f"{self.path} takes images of shape {self._input_shape}, not (3, {height}, {width}); "
                 "re-export it with `detector export` (exports take any size)"
