@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from .eval.evaluator import EvalReport
 
 log = logging.getLogger("detector")
+FAST_PRESET = Path(__file__).resolve().parents[1] / "configs" / "fast_cpu.yaml"
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -38,11 +39,14 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--engine", choices=("auto", "torch", "openvino", "onnxruntime"),
                    help="inference engine (default auto: torch, or the file's own for .xml/.onnx models); "
                    "openvino/onnxruntime export a registry model on first use into a cache")  # fmt: skip
+    g.add_argument("--fast", action="store_true", help=f"use the fastest correct CPU preset ({FAST_PRESET.name})")
 
 
 def _config_from(args: argparse.Namespace) -> DetectorConfig:
     keys = ("model", "weights", "score_threshold", "classes", "device", "precision", "min_size", "max_size", "engine")
-    return load_config(args.config, {k: getattr(args, k) for k in keys})
+    if args.fast and args.config is not None:
+        raise DetectorError("--fast is a config preset; give either --fast or --config")
+    return load_config(FAST_PRESET if args.fast else args.config, {k: getattr(args, k) for k in keys})
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from torchvision.ops import box_iou
 
 from detector import Detector, load_config
@@ -29,6 +31,7 @@ from detector.structures import Detections
 from .conftest import COCO_MINI, need, tiny_config
 
 SIZES = {"min_size": 160, "max_size": 200, "score_threshold": 0.0, "device": "cpu"}
+BF16 = {**SIZES, "min_size": 128, "max_size": 160}  # bf16 is emulated (slow) on CPUs without AVX512-BF16
 EXPORTED = ("fasterrcnn_resnet50_fpn", "retinanet_resnet50_fpn")
 
 
@@ -52,56 +55,60 @@ def on_bf16_grid(boxes: np.ndarray) -> float:
     return float(np.mean(np.mod(big, 0.5) == 0))
 
 
-@pytest.mark.parametrize("model", EXPORTED)
-def test_bf16_boxes_are_decoded_and_scored_in_fp32(model: str, video_frames: list[np.ndarray]) -> None:
-    """Under whole-model autocast every box sat on the bf16 grid and 100 detections shared 11-68 scores."""
-    frame = frame_of(video_frames, 200, 160)
-    torch.manual_seed(0)
-    det = Detector.from_config(load_config(None, {"model": model, "weights": "random", **SIZES, "precision": "bf16"}))
-    dets = det(frame)
-    assert len(dets) >= 50
-    assert on_bf16_grid(dets.boxes) < 0.25  # fp32 decoding: ~5% by chance; bf16 decoding: 100%
-    assert len(np.unique(dets.scores)) >= 0.9 * len(dets)
-    # the convolution stacks do run in bf16, the predictors in fp32
+def bf16_run(model: nn.Module, names: tuple[str, ...], frame: np.ndarray) -> tuple[Detections, dict[str, torch.dtype]]:
+    """Detections in bf16, and the output dtypes of the first conv and of the final class predictor."""
+    parts = {"conv1": model.backbone.body.conv1}
+    head = getattr(model, "head", None)
+    parts["predictor"] = (
+        head.classification_head.cls_logits if head is not None else model.roi_heads.box_predictor.cls_score
+    )
     seen: dict[str, torch.dtype] = {}
-    m = det.model
-    parts = {"backbone.body.conv1": m.backbone.body.conv1}
-    if model.startswith("retinanet"):
-        parts["head.classification_head.cls_logits"] = m.head.classification_head.cls_logits
-    else:
-        parts["roi_heads.box_predictor.cls_score"] = m.roi_heads.box_predictor.cls_score
 
-    def record(name: str) -> object:
-        def hook(module: torch.nn.Module, inputs: object, output: torch.Tensor) -> None:
+    def record(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, inputs: object, output: torch.Tensor) -> None:
             seen.setdefault(name, output.dtype)
 
         return hook
 
     hooks = [p.register_forward_hook(record(n)) for n, p in parts.items()]
     try:
-        det(frame)
+        dets = Detector(model, class_names=names, precision="bf16")(frame)
     finally:
         for h in hooks:
             h.remove()
-    assert seen["backbone.body.conv1"] == torch.bfloat16
-    assert [d for n, d in seen.items() if n != "backbone.body.conv1"] == [torch.float32]
+    return dets, seen
 
 
-def test_bf16_agrees_with_fp32_where_stable(video_frames: list[np.ndarray]) -> None:
-    """RetinaNet (no proposal stage to reshuffle): bf16 boxes matched to fp32 ones by IoU are within ~1 px."""
-    frame = frame_of(video_frames, 200, 160)
+def assert_honest_bf16(dets: Detections, dtypes: dict[str, torch.dtype]) -> None:
+    """Under whole-model autocast every box sat on the bf16 grid and 100 detections shared 11-68 scores."""
+    assert len(dets) >= 50
+    assert on_bf16_grid(dets.boxes) < 0.25  # fp32 decoding: ~5% by chance; bf16 decoding: 100%
+    assert len(np.unique(dets.scores)) >= 0.9 * len(dets)
+    assert dtypes == {"conv1": torch.bfloat16, "predictor": torch.float32}  # conv stacks bf16, predictors fp32
+
+
+def test_bf16_faster_rcnn_decodes_and_scores_in_fp32(video_frames: list[np.ndarray]) -> None:
     torch.manual_seed(0)
-    cfg = load_config(None, {"model": "retinanet_resnet50_fpn", "weights": "random", **SIZES})
+    model, names, _ = build_model(load_config(None, {"model": "fasterrcnn_resnet50_fpn", "weights": "random", **BF16}))
+    assert_honest_bf16(*bf16_run(model, names, frame_of(video_frames, 160, 128)))
+
+
+def test_bf16_retinanet_is_honest_and_agrees_with_fp32_where_stable(video_frames: list[np.ndarray]) -> None:
+    """RetinaNet (no proposal stage to reshuffle): bf16 boxes matched to fp32 ones by IoU are within ~1 px."""
+    frame = frame_of(video_frames, 160, 128)
+    torch.manual_seed(0)
+    cfg = load_config(None, {"model": "retinanet_resnet50_fpn", "weights": "random", **BF16})
     model, names, _ = build_model(cfg)
     state = model.state_dict()
     fp32 = Detector(model, class_names=names)(frame)
     bf16_model, _, _ = build_model(cfg)
     bf16_model.load_state_dict(state)
-    bf16 = Detector(bf16_model, class_names=names, precision="bf16")(frame)
+    bf16, dtypes = bf16_run(bf16_model, names, frame)
+    assert_honest_bf16(bf16, dtypes)
     iou = box_iou(torch.from_numpy(bf16.boxes), torch.from_numpy(fp32.boxes))
     best, j = iou.max(1)
     stable = (best > 0.9).numpy() & (bf16.labels == fp32.labels[j.numpy()])
-    assert stable.sum() >= 50, f"only {stable.sum()} of {len(bf16)} detections stable"
+    assert stable.sum() >= 40, f"only {stable.sum()} of {len(bf16)} detections stable"
     diff = np.abs(bf16.boxes[stable] - fp32.boxes[j.numpy()[stable]]).max(1)
     assert float(np.median(diff)) < 0.5 and float(diff.max()) < 1.5, (np.median(diff), diff.max())
 
@@ -131,6 +138,19 @@ def torch_detector(model: str, weights: Path) -> Detector:
     return Detector.from_config(load_config(None, {"model": model, "weights": str(weights), **SIZES}))
 
 
+def two_sizes(video_frames: list[np.ndarray]) -> list[np.ndarray]:
+    return [frame_of(video_frames, 200, 160), frame_of(video_frames, 150, 190)]
+
+
+@pytest.fixture(scope="session")
+def torch_refs(
+    exports: dict[str, tuple[Path, Path]], video_frames: list[np.ndarray]
+) -> dict[str, list[Detections]]:
+    """torch fp32 on the exported weights, one frame at a time (a torch batch pads frames to one size,
+    which changes the features near the border); computed once, compared with every engine."""
+    return {m: [torch_detector(m, w)(f) for f in two_sizes(video_frames)] for m, (w, _) in exports.items()}
+
+
 def assert_agree(ref: Detections, got: Detections, *, top: int = 10, tol: float = 0.1) -> None:
     """The reference's top detections are all in ``got``: same label, boxes within ``tol`` px, same score."""
     assert len(ref) >= top and abs(len(got) - len(ref)) <= 2
@@ -156,15 +176,14 @@ def test_sidecar_carries_what_the_file_was_made_for(exports: dict[str, tuple[Pat
 @pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
 @pytest.mark.parametrize("model", EXPORTED)
 def test_fp32_engines_agree_with_torch(
-    model: str, engine: str, exports: dict[str, tuple[Path, Path]], video_frames: list[np.ndarray]
-) -> None:
-    weights, onnx = exports[model]
-    ref = torch_detector(model, weights)
+    model: str, engine: str, exports: dict[str, tuple[Path, Path]], torch_refs: dict[str, list[Detections]],
+    video_frames: list[np.ndarray],
+) -> None:  # fmt: skip
+    _, onnx = exports[model]
     det = Detector.from_config(load_config(None, {"model": str(onnx), "engine": engine, "score_threshold": 0.0}))
     assert det.engine.kind == engine and det.precision == "fp32"
-    frames = [frame_of(video_frames, 200, 160), frame_of(video_frames, 150, 190)]  # mixed sizes, one call
-    # torch one frame at a time: a torch batch pads frames to one size, which changes the features near the border
-    for r, g in zip([ref(f) for f in frames], det(frames), strict=True):
+    frames = two_sizes(video_frames)  # mixed sizes in one call
+    for r, g in zip(torch_refs[model], det(frames), strict=True):
         assert_agree(r, g)
     if engine == "openvino":  # compiled once per input size and kept
         assert det.engine.compiled_sizes == [(160, 200), (190, 150)]
@@ -178,12 +197,12 @@ def test_onnx_file_picks_onnxruntime_and_names_come_from_sidecar(exports: dict[s
     assert det.engine.kind == "onnxruntime" and det.class_names[1] == "person" and det.score_threshold == 0.5
 
 
-def test_openvino_bf16_is_honest(exports: dict[str, tuple[Path, Path]], video_frames: list[np.ndarray],
-                                 caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+def test_openvino_bf16_is_honest(exports: dict[str, tuple[Path, Path]], torch_refs: dict[str, list[Detections]],
+                                 video_frames: list[np.ndarray], caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
     """bf16 is OpenVINO's precision hint; where the CPU has no bf16 it says so and reports fp32."""
     from detector.engines.openvino_engine import OpenVINOEngine, cpu_has_bf16
 
-    weights, onnx = exports["retinanet_resnet50_fpn"]
+    _, onnx = exports["retinanet_resnet50_fpn"]
     with caplog.at_level(logging.WARNING):
         engine = OpenVINOEngine(onnx, precision="bf16")
     frame = frame_of(video_frames, 200, 160)
@@ -191,7 +210,7 @@ def test_openvino_bf16_is_honest(exports: dict[str, tuple[Path, Path]], video_fr
         assert engine.precision == "fp32" and "no native bf16" in caplog.text
         return
     assert engine.precision == "bf16"
-    ref = torch_detector("retinanet_resnet50_fpn", weights)(frame)
+    ref = torch_refs["retinanet_resnet50_fpn"][0]
     got = Detector(engine, precision="bf16")(frame)
     assert on_bf16_grid(got.boxes) < 0.25 and len(np.unique(got.scores)) >= 0.9 * len(got)
     iou, j = box_iou(torch.from_numpy(got.boxes), torch.from_numpy(ref.boxes)).max(1)
@@ -200,8 +219,8 @@ def test_openvino_bf16_is_honest(exports: dict[str, tuple[Path, Path]], video_fr
 
 
 def test_registry_model_on_openvino_is_exported_once_into_the_cache(
-    exports: dict[str, tuple[Path, Path]], video_frames: list[np.ndarray], tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    exports: dict[str, tuple[Path, Path]], torch_refs: dict[str, list[Detections]], video_frames: list[np.ndarray],
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     monkeypatch.setenv("DETECTOR_CACHE", str(tmp_path / "cache"))
     weights, _ = exports["retinanet_resnet50_fpn"]
@@ -211,8 +230,8 @@ def test_registry_model_on_openvino_is_exported_once_into_the_cache(
     entries = list((cache_dir() / "exports").iterdir())
     assert len(entries) == 1 and (entries[0] / "model.xml").is_file() and (entries[0] / "model.bin").is_file()
     assert read_sidecar(entries[0] / "model.xml").weights_sha256 == sha256_file(weights)
-    frame = frame_of(video_frames, 200, 160)
-    assert_agree(torch_detector("retinanet_resnet50_fpn", weights)(frame), det(frame))
+    frame = two_sizes(video_frames)[0]
+    assert_agree(torch_refs["retinanet_resnet50_fpn"][0], det(frame))
 
     def no_export(*args: object, **kwargs: object) -> None:
         raise AssertionError("exported again instead of using the cache")
@@ -330,3 +349,13 @@ def test_missing_runtime_names_the_pip_extra(
         Detector.from_config(tiny_config("retinanet_resnet50_fpn", engine="openvino"))
     assert "detector[onnx]" in one_line_error(["export", "retinanet_resnet50_fpn", "--weights", "random",
                                                "--out", str(tmp_path / "x.onnx")], capsys)  # fmt: skip
+
+
+def test_fast_preset_is_the_openvino_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from detector.cli import _config_from, build_parser
+
+    cfg = _config_from(build_parser().parse_args(["run", "--fast", "--min-size", "288"]))
+    assert (cfg.engine, cfg.device, cfg.min_size) == ("openvino", "cpu", 288)  # flags still override the preset
+    assert load_config(Path(__file__).resolve().parents[1] / "configs" / "fast_cpu.yaml").engine == "openvino"
+    err = one_line_error(["run", "--fast", "--config", str(tmp_path / "x.yaml")], capsys)
+    assert "either --fast or --config" in err
