@@ -223,13 +223,20 @@ def test_registry_model_on_openvino_is_exported_once_into_the_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     monkeypatch.setenv("DETECTOR_CACHE", str(tmp_path / "cache"))
-    weights, _ = exports["retinanet_resnet50_fpn"]
+    weights, onnx = exports["retinanet_resnet50_fpn"]
+    traced: list[Path] = []
+
+    def reuse_trace(model: nn.Module, path: Path) -> None:  # same weights and sizes: the session's trace will do
+        traced.append(path)
+        shutil.copy(onnx, path)
+
+    monkeypatch.setattr("detector.engines.export._export_onnx", reuse_trace)
     cfg = load_config(None, {"model": "retinanet_resnet50_fpn", "weights": str(weights), **SIZES,
                              "engine": "openvino"})  # fmt: skip
     det = Detector.from_config(cfg)
     entries = list((cache_dir() / "exports").iterdir())
     assert len(entries) == 1 and (entries[0] / "model.xml").is_file() and (entries[0] / "model.bin").is_file()
-    assert read_sidecar(entries[0] / "model.xml").weights_sha256 == sha256_file(weights)
+    assert read_sidecar(entries[0] / "model.xml").weights_sha256 == sha256_file(weights) and len(traced) == 1
     frame = two_sizes(video_frames)[0]
     assert_agree(torch_refs["retinanet_resnet50_fpn"][0], det(frame))
 

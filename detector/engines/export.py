@@ -10,7 +10,6 @@ Files are written under a temporary name and renamed into place when complete.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import shutil
@@ -209,8 +208,7 @@ def export_from_config(
 
 def describe(sidecar: Sidecar) -> str:
     """One line for the CLI."""
-    fields = dataclasses.asdict(sidecar)
     return (
-        f"{fields['model']}, {len(sidecar.class_names)} classes, min_size {sidecar.min_size}, "
+        f"{sidecar.model}, {len(sidecar.class_names)} classes, min_size {sidecar.min_size}, "
         f"max_size {sidecar.max_size}, score >= {sidecar.score_threshold}, precision {sidecar.precision}"
     )
