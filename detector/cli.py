@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from .eval.evaluator import EvalReport
 
 log = logging.getLogger("detector")
+FAST_PRESET = "fast_cpu"
+"""The shipped preset ``--fast`` stands for: the fastest correct CPU setting measured here."""
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -42,6 +44,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--min-size", type=int, dest="min_size", help="shorter side the model resizes to")
     g.add_argument("--max-size", type=int, dest="max_size", help="cap on the longer side after resizing")
     g.add_argument("--offline", action="store_true", help="never download weights")
+    g.add_argument("--engine", choices=("auto", "torch", "openvino", "onnxruntime"),
+                   help="inference engine (default auto: torch, or the file's own for .xml/.onnx models); "
+                   "openvino/onnxruntime export a registry model on first use into a cache")  # fmt: skip
+    g.add_argument("--fast", action="store_true", help=f"use the fastest correct CPU preset ({FAST_PRESET})")
 
 
 FLAGS = {
@@ -53,11 +59,15 @@ FLAGS = {
     "precision": "--precision",
     "min_size": "--min-size",
     "max_size": "--max-size",
+    "engine": "--engine",
 }
 
 
 def _config_from(args: argparse.Namespace) -> DetectorConfig:
-    return load_config(args.config, {k: getattr(args, k) for k in FLAGS}, override_names=FLAGS)
+    if args.fast and args.config is not None:
+        raise DetectorError("--fast is a config preset; give either --fast or --config")
+    return load_config(FAST_PRESET if args.fast else args.config, {k: getattr(args, k) for k in FLAGS},
+                       override_names=FLAGS)  # fmt: skip
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -121,6 +131,23 @@ def cmd_run(args: argparse.Namespace) -> int:
 
             write_text_atomic(stats_path, json.dumps(result.stats.summary(), indent=2) + "\n")
             print(f"stats: {stats_path}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """``detector export MODEL --format onnx|openvino``: a self-contained file plus its JSON sidecar."""
+    from .engines.export import describe, export_from_config
+
+    cfg = load_config(args.config, {"model": args.model, "weights": args.weights, "min_size": args.min_size,
+                                    "max_size": args.max_size, "score_threshold": args.score_threshold,
+                                    "precision": args.precision})  # fmt: skip
+    suffix = ".xml" if args.format == "openvino" else ".onnx"
+    out = args.out if args.out is not None else Path("exports") / f"{cfg.model}-{cfg.min_size}{suffix}"
+    if out.suffix != suffix:
+        out = out / f"{cfg.model}-{cfg.min_size}{suffix}" if out.suffix == "" else out
+    path, sidecar = export_from_config(cfg, fmt=args.format, out=out, progress=not args.quiet)
+    print(f"exported: {path} ({describe(sidecar)})")
+    print(f"sidecar: {path.with_suffix('.json')}")
     return 0
 
 
@@ -264,6 +291,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scoring implementation (default: the official pycocotools)")  # fmt: skip
     _add_model_args(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "export", parents=[quiet], help="export a registry model (COCO or fine-tuned .pth) to ONNX or OpenVINO"
+    )
+    p.add_argument("model", help="registry name, e.g. fasterrcnn_resnet50_fpn")
+    p.add_argument("--weights", help="a .pth file, or 'random' (default: torchvision's COCO weights)")
+    p.add_argument("--config", help="YAML file or preset name (class_names, thresholds); flags override it")
+    p.add_argument("--format", choices=("onnx", "openvino"), default="onnx", help="onnx (default) or openvino")
+    p.add_argument("--min-size", type=int, dest="min_size", help="shorter side the model resizes to (baked in)")
+    p.add_argument("--max-size", type=int, dest="max_size", help="cap on the longer side (baked in)")
+    p.add_argument("--score", type=float, dest="score_threshold", help="minimum score kept (baked in)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), help="precision to run it at (recorded in the sidecar)")
+    p.add_argument("--out", type=Path, help="output file (.onnx or .xml) or folder (default exports/)")
+    p.add_argument("--offline", action="store_true", help="never download weights")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("weights", parents=[quiet], help="list, download or verify the registry models' COCO weights")
     p.add_argument("action", choices=("list", "download", "verify"))

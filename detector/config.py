@@ -22,6 +22,7 @@ from .errors import ConfigError
 
 DEVICES_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 PRECISIONS = ("fp32", "fp16", "bf16")
+ENGINES = ("auto", "torch", "openvino", "onnxruntime")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +48,10 @@ class DetectorConfig:
     """Faster R-CNN only: proposals kept after NMS (test time)."""
     device: str = "auto"
     precision: str = "fp32"
+    engine: str = "auto"
+    """``auto``: torch for registry names and TorchScript files, the file's own for ``.xml`` (OpenVINO) and
+    ``.onnx`` (ONNX Runtime); ``torch``, ``openvino`` or ``onnxruntime`` to choose (registry models are exported
+    on first use into a cache)."""
     channels_last: bool = False
     classes: tuple[str, ...] | None = None
     """Keep only these classes (names or label ids); all when unset."""
@@ -89,6 +94,8 @@ def _validate(cfg: DetectorConfig) -> None:
         raise bad("device", f"must be auto, cpu, cuda, cuda:N or mps, got {cfg.device!r}")
     if cfg.precision not in PRECISIONS:
         raise bad("precision", f"must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
+    if cfg.engine not in ENGINES:
+        raise bad("engine", f"must be one of {', '.join(ENGINES)}, got {cfg.engine!r}")
     if not isinstance(cfg.channels_last, bool):
         raise bad("channels_last", f"must be true or false, got {cfg.channels_last!r}")
     for key in ("class_names", "classes"):

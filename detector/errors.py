@@ -45,3 +45,7 @@ class Interrupted(KeyboardInterrupt):
     @property
     def exit_code(self) -> int:
         return 128 + self.signum
+
+
+class EngineError(DetectorError):
+    """An inference engine is missing, or an exported model file is corrupt or does not fit."""

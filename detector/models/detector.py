@@ -3,13 +3,14 @@
 It accepts OpenCV BGR uint8 frames (H, W, 3) -- also grayscale (H, W) and
 BGRA (H, W, 4) -- or RGB tensors (3, H, W) (float 0..1 or uint8), one or a
 batch. Frames move to the device as uint8 (a quarter of the bytes of float)
-and are converted there. Inference runs under ``torch.inference_mode`` and,
-for bf16/fp16, under autocast. Nothing global is changed.
+and are converted there. The model runs in an
+engine (:mod:`detector.engines`): torch (``inference_mode``; for bf16/fp16
+autocast covers only the convolution stacks, while decoding and NMS stay fp32),
+OpenVINO or ONNX Runtime. Nothing global is changed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -21,13 +22,15 @@ from torch import nn
 
 from ..categories import COCO_CLASS_NAMES
 from ..config import DetectorConfig
+from ..engines.base import Engine
+from ..engines.torch_engine import AUTOCAST_DTYPES, TorchEngine
 from ..errors import ConfigError
 from ..structures import Detections
 
 Frame = np.ndarray | torch.Tensor | str | Path | Any
 """BGR uint8 array, RGB tensor, PIL image or image file path."""
 NONE_FRAME = "the frame is None: was it read successfully? (cv2.imread returns None for a bad path)"
-AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+__all__ = ["AUTOCAST_DTYPES", "Detector", "Frame", "resolve_device"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -60,16 +63,18 @@ def _as_array(frame: Any) -> Any:
 
 
 class Detector:
-    """Wraps a torchvision-convention detector (``model(list_of_CHW_RGB_0_1)``).
+    """Wraps a torchvision-convention detector (``model(list_of_CHW_RGB_0_1)``) or an engine.
 
-    ``model`` returns a list of ``{"boxes", "scores", "labels"}`` dicts, or
-    ``(losses, detections)`` as scripted torchvision models do. Score, class
-    and count limits given here are applied after the model's own.
+    ``model`` is an ``nn.Module`` returning a list of ``{"boxes", "scores",
+    "labels"}`` dicts, or ``(losses, detections)`` as scripted torchvision
+    models do; or any :class:`~detector.engines.Engine` (OpenVINO, ONNX
+    Runtime), which follows the same convention. Score, class and count limits
+    given here are applied after the model's own.
     """
 
     def __init__(
         self,
-        model: nn.Module,
+        model: nn.Module | Engine,
         *,
         name: str = "model",
         class_names: Sequence[str] = COCO_CLASS_NAMES,
@@ -97,10 +102,13 @@ class Detector:
             except ValueError as exc:
                 raise ConfigError(f"{exc} in the class filter; use names such as person,car") from None
             self.keep_labels = np.array(sorted(ids), dtype=np.int64)
-        model = model.to(self.device).eval()
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        self.model = model
+        if isinstance(model, nn.Module):
+            model = TorchEngine(model, device=self.device, precision=precision, channels_last=channels_last)
+        elif self.device.type != "cpu":
+            raise ConfigError(f"the {model.kind} engine runs on the CPU; use --device cpu or --engine torch")
+        self.engine: Engine = model
+        self.model: nn.Module | Engine = model.model if isinstance(model, TorchEngine) else model
+        """The torch module for the torch engine (what tests and users poke at), else the engine itself."""
         self._batches = True  # cleared if the model turns out to take one image per call
 
     @classmethod
@@ -141,6 +149,14 @@ class Detector:
         """Build the model ``cfg`` names, with its weights resolved and loaded."""
         from .build import build_model
 
+        if cfg.engine not in ("auto", "torch") or cfg.model.endswith((".onnx", ".xml")):
+            from ..engines.load import engine_from_config
+
+            engine, class_names, post = engine_from_config(cfg, progress=progress)
+            device = "cpu" if cfg.device == "auto" else cfg.device
+            return cls(engine, name=post.name, class_names=class_names, device=device, precision=engine.precision,
+                       score_threshold=post.score_threshold, max_detections=post.max_detections,
+                       classes=cfg.classes)  # fmt: skip
         model, class_names, post = build_model(cfg, progress=progress)
         return cls(
             model,
@@ -185,12 +201,6 @@ class Detector:
         """Frames to RGB float (3, H, W) tensors in 0..1 on the model's device."""
         return [self._to_tensor(f) for f in frames]
 
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        dtype = AUTOCAST_DTYPES.get(self.precision)
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
-
     def forward(self, tensors: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         """The model on preprocessed tensors; returns its raw per-image dicts.
 
@@ -209,13 +219,10 @@ class Detector:
         return out
 
     def _call(self, tensors: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        with torch.inference_mode(), self._autocast(), warnings.catch_warnings():
+        with warnings.catch_warnings():
             # raised inside torchvision/TorchScript models on every call, not the caller's to fix
             warnings.filterwarnings("ignore", message=r"torch\.meshgrid", category=UserWarning)
-            out = self.model(tensors)
-        if isinstance(out, tuple):  # scripted torchvision models return (losses, detections)
-            out = out[1]
-        return list(out)
+            return self.engine(tensors)
 
     def postprocess(self, outputs: list[dict[str, torch.Tensor]]) -> list[Detections]:
         """Raw dicts to ``Detections`` with this detector's score, class and count limits."""
@@ -258,4 +265,6 @@ class Detector:
         return results[0] if single else results
 
     def __repr__(self) -> str:
-        return f"Detector(name={self.name!r}, device={self.device}, precision={self.precision})"
+        return (
+            f"Detector(name={self.name!r}, engine={self.engine.kind}, device={self.device}, precision={self.precision})"
+        )

@@ -1,0 +1,133 @@
+"""Per-frame latency of the registry models on each engine and precision, against torch eager fp32.
+
+For every model and min_size: random-init weights (compute does not depend on
+the values), exported once to ONNX with ``detector export``'s code, then run
+through ``Detector`` (preprocessing and postprocessing included) on one real
+frame of ``vtest.avi`` resized to 640x480. Variants are interleaved round by
+round (torch fp32, torch bf16, ONNX Runtime, OpenVINO f32, OpenVINO bf16, ...)
+so machine load hits them alike; each is warmed up once first (OpenVINO
+compiles there). Reported: the median per frame and the ratio to torch eager
+fp32 in the same run, and for fp32 engines the largest box difference to torch
+fp32 over the top-10 detections (the "correct" in "fastest correct setting").
+bf16 variants are skipped where the CPU has no native bf16 (torch would emulate
+it, many times slower than fp32; OpenVINO would silently run f32).
+
+    .venv/bin/python benchmarks/engines.py [--models ...] [--sizes 320 480 800] [--rounds 3] [--json out.jsonl]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from common import machine, real_frame
+
+from detector import Detector, load_config
+from detector.engines.export import export_model, weights_sha256
+from detector.models import MODELS, build_model
+from detector.structures import Detections
+
+VARIANTS = ("torch-fp32", "torch-bf16", "onnxruntime-fp32", "openvino-fp32", "openvino-bf16")
+
+
+def cpu_has_native_bf16() -> bool:
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
+
+
+def top_box_error(ref: Detections, got: Detections, top: int = 10) -> float:
+    """Largest distance (px) from each of torch's top detections to the nearest same-label one of ``got``."""
+    worst = 0.0
+    for k in np.argsort(-ref.scores, kind="stable")[:top]:
+        same = got.labels == ref.labels[k]
+        if not same.any():
+            return float("inf")
+        worst = max(worst, float(np.abs(got.boxes[same] - ref.boxes[k]).max(1).min()))
+    return worst
+
+
+def build_variants(name: str, size: int, workdir: Path, wanted: list[str]) -> dict[str, Detector]:
+    values = {"model": name, "min_size": size, "max_size": round(size * 4 / 3), "score_threshold": 0.05,
+              "device": "cpu"}  # fmt: skip
+    torch.manual_seed(0)
+    cfg = load_config(None, {**values, "weights": "random"})
+    model, names, _ = build_model(cfg)
+    weights = workdir / f"{name}.pth"
+    torch.save(model.state_dict(), weights)
+    cfg = cfg.replace(weights=str(weights))
+    onnx = workdir / f"{name}-{size}.onnx"
+    if any(not v.startswith("torch") for v in wanted):
+        export_model(model, cfg, names, onnx, fmt="onnx", weights_sha=weights_sha256(cfg), progress=True)
+    dets: dict[str, Detector] = {}
+    for variant in wanted:
+        engine, precision = variant.rsplit("-", 1)
+        if engine == "torch":
+            dets[variant] = Detector.from_config(cfg.replace(precision=precision))
+        else:
+            exported = {"model": str(onnx), "engine": engine, "precision": precision, "score_threshold": 0.05}
+            dets[variant] = Detector.from_config(load_config(None, exported))
+    return dets
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="*", default=list(MODELS))
+    ap.add_argument("--sizes", nargs="*", type=int, default=[320, 480, 800])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=VARIANTS)
+    ap.add_argument("--json", type=Path, help="also append one JSON line per model and size here")
+    args = ap.parse_args()
+    native_bf16 = cpu_has_native_bf16()
+    wanted = [v for v in args.variants if native_bf16 or not v.endswith("bf16")]
+    skipped = [v for v in args.variants if v not in wanted]
+    frame = cv2.resize(real_frame(0), (640, 480), interpolation=cv2.INTER_AREA)
+    print(f"# engines, 640x480 frame, {machine()}, native bf16: {native_bf16}")
+    if skipped:
+        print(f"skipped (no native bf16 on this CPU): {', '.join(skipped)}")
+    print(f"median s per frame over {args.rounds} interleaved rounds after 1 warm-up (x = speed-up over torch fp32; "
+          "d = max box difference to torch fp32 on the top-10 detections, px)")  # fmt: skip
+    print("| model | min_size | " + " | ".join(wanted) + " |")
+    print("|---|---:|" + "---:|" * len(wanted), flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models:
+            for size in args.sizes:
+                dets = build_variants(name, size, Path(tmp), wanted)
+                ref = dets["torch-fp32"](frame) if "torch-fp32" in dets else None
+                errors = {v: top_box_error(ref, d(frame)) for v, d in dets.items() if ref is not None}  # warm-up
+                times: dict[str, list[float]] = {v: [] for v in dets}
+                for _ in range(args.rounds):
+                    for v, d in dets.items():
+                        times[v].append(timed(lambda d=d: d(frame)))
+                med = {v: statistics.median(t) for v, t in times.items()}
+                base = med.get("torch-fp32")
+                cells = []
+                for v in dets:
+                    cell = f"{med[v]:.3f} s"
+                    if base is not None and v != "torch-fp32":
+                        cell += f" ({base / med[v]:.2f}x"
+                        cell += f", d {errors[v]:.3f})" if v.endswith("fp32") else ")"
+                    cells.append(cell)
+                print(f"| {name} | {size} | " + " | ".join(cells) + " |", flush=True)
+                if args.json is not None:
+                    with args.json.open("a") as f:
+                        f.write(json.dumps({"model": name, "min_size": size, "median_s": med, "times_s": times,
+                                            "top10_max_box_diff_px": errors}) + "\n")  # fmt: skip
+                del dets
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""The one calling convention every engine follows, and the import guard for optional runtimes.
+
+An engine is called with a list of RGB float tensors ``(3, H, W)`` in 0..1
+(what ``Detector.preprocess`` makes) and returns one ``{"boxes", "scores",
+"labels"}`` dict per image: boxes xyxy float32 in input pixels, scores float32,
+labels int64. ``Detector`` holds any engine and never asks which one it is.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from ..config import ENGINES
+from ..errors import EngineError
+
+__all__ = ["ENGINES", "EXTRAS", "Engine", "require"]
+EXTRAS = {"openvino": "openvino", "onnxruntime": "onnx", "onnx": "onnx"}
+"""Python module -> the pip extra of this package that installs it."""
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """RGB CHW float frames in, per-image boxes/scores/labels out."""
+
+    kind: str
+    """``torch``, ``openvino`` or ``onnxruntime``."""
+    precision: str
+    """The precision it actually runs at (``fp32`` or ``bf16``)."""
+
+    def __call__(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]: ...
+
+
+def require(module: str) -> ModuleType:
+    """Import an optional runtime, or fail with one line naming the extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        extra = EXTRAS.get(module, module)
+        raise EngineError(
+            f"{module} is not installed; install it with: pip install 'detector[{extra}]' (or pip install {module})"
+        ) from None

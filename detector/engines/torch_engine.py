@@ -1,0 +1,106 @@
+"""The torch engine: an ``nn.Module`` on a device, with honest mixed precision.
+
+Autocast around a whole torchvision detector also runs box decoding, clipping,
+score activation and NMS in bf16/fp16: boxes then land on a grid (bf16 keeps 8
+significant bits, so every coordinate above 512 px is a multiple of 4) and
+many detections share a score. Here only the convolution stacks run in low
+precision -- backbone + FPN, the RPN / RetinaNet head towers, the box head --
+and their outputs are cast back to fp32, so the final class/box predictors,
+decoding, clipping, scores and NMS stay in fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _to_fp32(value: Any) -> Any:
+    """Cast every floating tensor inside tensors, lists, tuples and dicts back to fp32."""
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.is_floating_point() else value
+    if isinstance(value, dict):
+        return type(value)((k, _to_fp32(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_fp32(v) for v in value)
+    return value
+
+
+def _autocast_forward(forward: Callable[..., Any], device_type: str, dtype: torch.dtype, *args: Any, **kw: Any) -> Any:
+    with torch.autocast(device_type=device_type, dtype=dtype):
+        out = forward(*args, **kw)
+    return _to_fp32(out)
+
+
+def low_precision_parts(model: nn.Module) -> list[nn.Module]:
+    """The convolution stacks of a torchvision Faster R-CNN / RetinaNet that may run in bf16/fp16.
+
+    Empty for other models (e.g. TorchScript files), which then run in fp32 under this engine's rule.
+    """
+    parts: list[nn.Module | None] = [getattr(model, "backbone", None)]
+    rpn_head = getattr(getattr(model, "rpn", None), "head", None)
+    parts.append(getattr(rpn_head, "conv", None))  # the 3x3 tower; the 1x1 predictors stay fp32
+    parts.append(getattr(getattr(model, "roi_heads", None), "box_head", None))  # box_predictor stays fp32
+    head = getattr(model, "head", None)
+    for branch in ("classification_head", "regression_head"):
+        parts.append(getattr(getattr(head, branch, None), "conv", None))  # cls_logits / bbox_reg stay fp32
+    return [p for p in parts if isinstance(p, nn.Module) and not isinstance(p, torch.jit.ScriptModule)]
+
+
+def apply_mixed_precision(model: nn.Module, precision: str, device_type: str) -> list[nn.Module]:
+    """Run ``low_precision_parts(model)`` under autocast, in place; returns the parts changed.
+
+    The parts' ``forward`` is replaced on the instance (module tree and state_dict keys unchanged).
+    """
+    dtype = AUTOCAST_DTYPES.get(precision)
+    if dtype is None:
+        return []
+    parts = low_precision_parts(model)
+    for part in parts:
+        if isinstance(part.forward, functools.partial):  # already done (e.g. a second Detector on this model)
+            continue
+        part.forward = functools.partial(_autocast_forward, part.forward, device_type, dtype)  # type: ignore[method-assign]
+    return parts
+
+
+class TorchEngine:
+    """A torchvision-convention module (``model(list_of_CHW_RGB_0_1)``) under ``inference_mode``."""
+
+    kind = "torch"
+
+    def __init__(
+        self, model: nn.Module, *, device: torch.device, precision: str = "fp32", channels_last: bool = False
+    ) -> None:
+        model = model.to(device).eval()
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.device = device
+        self.precision = precision
+        self._whole_model_autocast = False
+        if precision in AUTOCAST_DTYPES and not apply_mixed_precision(model, precision, device.type):
+            # A model whose parts we cannot see (TorchScript): the old whole-model autocast is all there is.
+            log.warning("%s: no backbone/head found; autocast covers the whole model", type(model).__name__)
+            self._whole_model_autocast = True
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if not self._whole_model_autocast:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=AUTOCAST_DTYPES[self.precision])
+
+    def __call__(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        with torch.inference_mode(), self._autocast():
+            out = self.model(images)
+        if isinstance(out, tuple):  # scripted torchvision models return (losses, detections)
+            out = out[1]
+        return list(out)
