@@ -64,7 +64,11 @@ def test_stream_source_keeps_only_the_newest_frame(mjpeg_server: tuple[BrowserSi
                 break
     assert indices == sorted(indices)
     assert src.dropped > 10, "a slow consumer must skip frames, not queue them"
-    assert max(ages[2:]) < 0.15, f"frames handed out must be fresh, ages {ages}"
+    # fresh: a newest-frame source hands out frames about one camera interval (33 ms) old; a FIFO
+    # behind a 5 fps consumer would hand out ones 0.2 s older each time (1.4 s by the 8th). The
+    # median and a loose maximum keep a scheduling hiccup on a loaded 2-core machine from failing it.
+    assert float(np.median(ages[2:])) < 0.1, f"frames handed out must be fresh, ages {ages}"
+    assert max(ages[2:]) < 0.5, f"frames handed out must not build up age, ages {ages}"
 
 
 def test_stream_reconnects_after_the_server_restarts(caplog: pytest.LogCaptureFixture) -> None:
