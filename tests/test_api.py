@@ -142,7 +142,7 @@ LAYERS = [
     ("detector.config", "detector.structures"),
     ("detector.io.base", "detector.io.types"),
     ("detector.io", "detector.render"),
-    ("detector.models",),
+    ("detector.models", "detector.engines"),  # engines run models; models are built into engines
     ("detector.pipeline",),
     ("detector.runner", "detector.eval"),
     ("detector.cli", "detector.__main__"),
