@@ -64,15 +64,15 @@ def load_torchscript(path: Path, device: str = "cpu") -> torch.jit.ScriptModule:
 
     An int8 model (one calling ``quantized::`` ops, like the D2Go export) needs the
     quantized engine it was exported for, qnnpack; torch keeps that choice
-    process-wide (``torch.backends.quantized.engine``), so it is switched -- and
-    logged at debug level -- only when such a model is loaded and the engine is not qnnpack already.
+    process-wide (``torch.backends.quantized.engine``), so it is switched -- and logged
+    at debug level -- only when such a model is loaded and the engine is not qnnpack yet.
     """
     if (
         uses_quantized_ops(path)
         and "qnnpack" in torch.backends.quantized.supported_engines
         and torch.backends.quantized.engine != "qnnpack"
     ):
-XX
+        log.debug("int8 model %s: switching torch's quantized engine to qnnpack (process-wide)", path.name)
         torch.backends.quantized.engine = "qnnpack"
     try:
         with warnings.catch_warnings():
