@@ -10,12 +10,12 @@ with one line instead of a runtime crash or silently wrong boxes.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from ..errors import EngineError
+from ..models.weights import sha256_of as sha256_file
 
 FORMAT_VERSION = 1
 FORMATS = {"onnx": ".onnx", "openvino": ".xml"}
@@ -53,14 +53,6 @@ class Sidecar:
 
 def sidecar_path(model_path: Path) -> Path:
     return model_path.with_suffix(".json")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def model_files(model_path: Path) -> list[Path]:

@@ -77,7 +77,7 @@ def validate_ground_truth(data: Any, path: Path) -> dict[str, Any]:
     for ann in data["annotations"]:
         _need(ann, ("id", "image_id", "category_id", "bbox"), "annotations", path)
         bbox = ann["bbox"]
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(is_number(v) for v in bbox)):
             raise DatasetError(f"{path}: annotation {ann['id']} has bbox {bbox!r}; it must be [x, y, width, height]")
         if ann["image_id"] not in seen:
             orphans["image"] += 1
@@ -98,7 +98,8 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """A finite int or float, not a bool: what a COCO box value or score must be."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import math
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -18,7 +17,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from .dataset import DatasetError, coco_from_dict
+from .dataset import DatasetError, coco_from_dict, is_number
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +79,6 @@ def validate_results(results: Any, gt: COCO, source: str) -> list[dict[str, Any]
     return results
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _bad_row(row: dict[str, Any]) -> str | None:
     """What is wrong with one results row, or None."""
     for key in ("image_id", "category_id"):
@@ -92,11 +87,11 @@ def _bad_row(row: dict[str, Any]) -> str | None:
     bbox = row["bbox"]
     if not (isinstance(bbox, list) and len(bbox) == 4):
         return "has a bbox that is not [x, y, width, height]"
-    if not all(_is_number(v) for v in bbox):
+    if not all(is_number(v) for v in bbox):
         return "has a bbox value that is not a finite number"
     if bbox[2] < 0 or bbox[3] < 0:
         return "has a negative bbox width or height (bbox is [x, y, width, height])"
-    if not _is_number(row["score"]):
+    if not is_number(row["score"]):
         return "has a score that is not a finite number"
     return None
 
@@ -108,7 +103,7 @@ def _warn_if_xyxy(results: list[dict[str, Any]], gt: COCO, source: str) -> None:
     for row in results:
         img = gt.imgs.get(row["image_id"], {})
         w, h = img.get("width"), img.get("height")
-        if not (_is_number(w) and _is_number(h)):
+        if not (is_number(w) and is_number(h)):
             continue
         x, y, bw, bh = row["bbox"]
         checked += 1
