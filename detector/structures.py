@@ -103,7 +103,6 @@ class Detections:
     def label_ids(self, classes: Iterable[str | int]) -> set[int]:
         """Label ids for class names (case-insensitive) or ids; raises ``ValueError`` naming an
         unknown class, with the closest known name or the range of valid ids."""
-        known = [n for n in self.class_names if n not in UNUSED_NAMES]
         ids: set[int] = set()
         for cls in classes:
             if isinstance(cls, (int, np.integer)) or (isinstance(cls, str) and cls.strip().isdigit()):
@@ -116,7 +115,8 @@ class Detections:
             wanted = str(cls).strip().lower()
             matches = [i for i, name in enumerate(self.class_names) if name.lower() == wanted]
             if not matches:
-                close = difflib.get_close_matches(wanted, [n.lower() for n in known], n=1)
+                known = [n.lower() for n in self.class_names if n not in UNUSED_NAMES]
+                close = difflib.get_close_matches(wanted, known, n=1)
                 hint = f"; did you mean '{close[0]}'?" if close else ""
                 raise ValueError(f"unknown class {cls!r}{hint}")
             ids.update(matches)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import SinkError
-from ..io.sinks import write_text_atomic
+from ..io.sinks import prepare_output, write_text_atomic
 from .evaluator import EvalReport
 from .scoring import ClassAP, Scores
 
@@ -158,13 +157,7 @@ def check_out_dir(out_dir: Path, inputs: tuple[Path, ...] = ()) -> None:
         hit = resolved.get((out_dir / name).resolve())
         if hit is not None:
             raise SinkError(f"--out {out_dir} would overwrite the input {hit}; choose another --out folder")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / f".write-check-{os.getpid()}"
-        probe.touch()
-        probe.unlink()
-    except OSError as exc:
-        raise SinkError(f"cannot write in {out_dir} ({exc.strerror}); choose a writable --out folder") from None
+    prepare_output(out_dir / "metrics.json")  # creates the folder and checks it can be written
 
 
 def write_outputs(report: EvalReport, out_dir: Path, *, write_results: bool = True) -> list[Path]:

@@ -90,7 +90,32 @@ class _Sink(Closeable):
         self.close()
 
 
-class VideoFileSink(_Sink):
+class _PartialFileSink(_Sink):
+    """A sink writing one file under :func:`partial_path`, finalised by :func:`_finalise` on close."""
+
+    path: Path
+    _tmp: Path
+    _closed = False
+
+    def _release(self) -> None:
+        """Flush and close the underlying writer."""
+
+    def _written(self) -> int:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._release()
+        finally:  # also when a stop signal lands during release
+            done = _finalise(self._tmp, self.path, failed=self._failed, written=self._written())
+            if done is not None:
+                self.path = done
+
+
+class VideoFileSink(_PartialFileSink):
     """A video file at the input's size and (float) fps; codec chosen by extension.
 
     With ``timed=True`` (live sources) each frame is repeated to fill the time
@@ -116,7 +141,6 @@ class VideoFileSink(_Sink):
             self._writer.release()
             self._tmp.unlink(missing_ok=True)
             raise SinkError(f"cannot write video {path}; check the folder is writable and the extension")
-        self._closed = False
 
     def write(self, frame: Frame | np.ndarray, detections: Detections | None = None) -> None:
         """Append a frame (already annotated by the pipeline). A ``Frame``'s timestamp drives
@@ -137,16 +161,11 @@ class VideoFileSink(_Sink):
         self._writer.write(frame)
         self.frames += 1
 
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            self._writer.release()
-        finally:  # also when a stop signal lands during release
-            done = _finalise(self._tmp, self.path, failed=self._failed, written=self.frames)
-            if done is not None:
-                self.path = done
+    def _release(self) -> None:
+        self._writer.release()
+
+    def _written(self) -> int:
+        return self.frames
 
 
 class ImageSink(_Sink):
@@ -191,7 +210,7 @@ class ImageSink(_Sink):
         return target
 
 
-class JsonlSink(_Sink):
+class JsonlSink(_PartialFileSink):
     """One JSON object per frame and line, flushed per line so a crash loses at most the line
     being written: ``{"frame", "time", ["image",] "detections"}``; ``image`` (the frame's name)
     when ``with_image`` (image inputs)."""
@@ -205,7 +224,6 @@ class JsonlSink(_Sink):
             self._file: IO[str] = self._tmp.open("w", encoding="utf-8")
         except OSError as exc:
             raise SinkError(f"cannot write {path} ({exc.strerror}); choose a writable --json path") from None
-        self._closed = False
 
     def write(self, frame: Frame, detections: Detections) -> None:
         record: dict[str, Any] = {"frame": frame.index, "time": round(frame.timestamp, 6)}
@@ -220,16 +238,11 @@ class JsonlSink(_Sink):
         self._file.flush()
         self.lines += 1
 
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            self._file.close()
-        finally:
-            done = _finalise(self._tmp, self.path, failed=self._failed, written=self.lines)
-            if done is not None:
-                self.path = done
+    def _release(self) -> None:
+        self._file.close()
+
+    def _written(self) -> int:
+        return self.lines
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -48,6 +48,10 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def _is_pil(frame: Any) -> bool:
+    return type(frame).__module__.startswith("PIL.")  # without importing PIL
+
+
 def _as_array(frame: Any) -> Any:
     """File paths and PIL images become BGR uint8 arrays; anything else passes through."""
     if isinstance(frame, (str, Path)):
@@ -57,7 +61,7 @@ def _as_array(frame: Any) -> Any:
         if image is None:
             raise ValueError(f"cannot read {frame} as an image; check the path and that it is an image file")
         return image
-    if type(frame).__module__.startswith("PIL."):  # without importing PIL
+    if _is_pil(frame):
         return np.ascontiguousarray(np.asarray(frame.convert("RGB"))[:, :, ::-1])
     return frame
 
@@ -258,7 +262,7 @@ class Detector:
         single = (
             (isinstance(frames, (np.ndarray, torch.Tensor)) and frames.ndim in (2, 3))
             or isinstance(frames, (str, Path))
-            or type(frames).__module__.startswith("PIL.")
+            or _is_pil(frames)
         )
         batch: Sequence[Frame] = [frames] if single else list(frames)  # type: ignore[list-item,arg-type]
         results = self.postprocess(self.forward(self.preprocess(batch))) if batch else []
