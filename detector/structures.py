@@ -117,7 +117,7 @@ class Detections:
             if not matches:
                 known = [n.lower() for n in self.class_names if n not in UNUSED_NAMES]
                 close = difflib.get_close_matches(wanted, known, n=1)
-                hint = f"; did you mean '{close[0]}'?" if close else ""
+                hint = f"; did you mean '{close[0]}'?" if close else f"; known classes include {', '.join(known[:3])}"
                 raise ValueError(f"unknown class {cls!r}{hint}")
             ids.update(matches)
         return ids

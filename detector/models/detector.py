@@ -104,7 +104,7 @@ class Detector:
             try:
                 ids = Detections.empty(self.class_names).label_ids(classes)
             except ValueError as exc:
-                raise ConfigError(f"{exc} in the class filter; use names such as person,car") from None
+                raise ConfigError(f"--classes / class filter: {exc}") from None
             self.keep_labels = np.array(sorted(ids), dtype=np.int64)
         if isinstance(model, nn.Module):
             model = TorchEngine(model, device=self.device, precision=precision, channels_last=channels_last)
