@@ -48,6 +48,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="inference engine (default auto: torch, or the file's own for .xml/.onnx models); "
                    "openvino/onnxruntime export a registry model on first use into a cache")  # fmt: skip
     g.add_argument("--fast", action="store_true", help=f"use the fastest correct CPU preset ({FAST_PRESET})")
+    g.add_argument("--compile", action="store_const", const=True, dest="compile",
+                   help="torch engine: torch.compile the backbone + FPN (slow first frames; see README)")  # fmt: skip
 
 
 FLAGS = {
@@ -60,6 +62,7 @@ FLAGS = {
     "min_size": "--min-size",
     "max_size": "--max-size",
     "engine": "--engine",
+    "compile": "--compile",
 }
 
 
@@ -81,6 +84,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         ("--stride", args.stride, 1),
         ("--start", args.start, 0),
         ("--max-viewers", args.max_viewers, 1),
+        ("--batch-size", args.batch_size, 1),
     ):
         if value is not None and value < least:
             raise DetectorError(f"{flag} must be at least {least}, got {value}")
@@ -113,7 +117,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         result = run(detector, source, plan=plan, max_frames=args.max_frames, progress=not args.quiet,
                      serve=args.serve, serve_token=serve_token, max_viewers=args.max_viewers,
-                     show=args.show, hud=args.hud)  # fmt: skip
+                     show=args.show, hud=args.hud, batch_size=args.batch_size)  # fmt: skip
     except Interrupted as exc:
         kept = [str(p) for p in (plan.out, plan.json) if p is not None]
         exc.detail = f"; the frames processed so far are in {' and '.join(kept)}" if kept else ""
@@ -263,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="annotated output: a video/image file, or a folder for image folders")
     p.add_argument("--json", type=Path, help="JSON Lines detections (default: next to --out)")
     p.add_argument("--max-frames", type=int, help="stop after N frames")
+    p.add_argument("--batch-size", type=int, metavar="N",
+                   help="files and folders: frames per forward pass (default 1 on CPU, 4 on CUDA)")  # fmt: skip
     p.add_argument(
         "--serve", metavar="[HOST:]PORT", help="browser live view (MJPEG over HTTP), bound to 127.0.0.1 by default"
     )

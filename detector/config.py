@@ -53,6 +53,9 @@ class DetectorConfig:
     ``.onnx`` (ONNX Runtime); ``torch``, ``openvino`` or ``onnxruntime`` to choose (registry models are exported
     on first use into a cache)."""
     channels_last: bool = False
+    compile: bool = False
+    """Torch engine: ``torch.compile`` the backbone + FPN (the first frames pay the compile time;
+    every new input size compiles again). Off by default until measured to pay (``benchmarks/gpu.py``)."""
     classes: tuple[str, ...] | None = None
     """Keep only these classes (names or label ids); all when unset."""
 
@@ -96,8 +99,11 @@ def _validate(cfg: DetectorConfig) -> None:
         raise bad("precision", f"must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
     if cfg.engine not in ENGINES:
         raise bad("engine", f"must be one of {', '.join(ENGINES)}, got {cfg.engine!r}")
-    if not isinstance(cfg.channels_last, bool):
-        raise bad("channels_last", f"must be true or false, got {cfg.channels_last!r}")
+    for key in ("channels_last", "compile"):
+        if not isinstance(getattr(cfg, key), bool):
+            raise bad(key, f"must be true or false, got {getattr(cfg, key)!r}")
+    if cfg.compile and cfg.engine in ("openvino", "onnxruntime"):
+        raise bad("compile", f"applies to the torch engine, not {cfg.engine}; drop --compile or use --engine torch")
     for key in ("class_names", "classes"):
         value = getattr(cfg, key)
         if value is not None and (

@@ -11,6 +11,7 @@ one died.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import queue
 import threading
@@ -131,6 +132,8 @@ class _Feed:
         self._errors: list[Exception] = []
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
         self._direct: Iterator[Frame] | None = iter(frames) if self.live else None
+        self._ended = False
+        self._held: Frame | None = None
         self.reader = None if self.live else _Worker("detector-read", self._read_into_queue(frames), stop)
 
     def _read_into_queue(self, frames: Iterable[Frame]) -> Callable[[], None]:
@@ -173,6 +176,27 @@ class _Feed:
             self._stats.add("decode", time.perf_counter() - t0)  # waiting for a frame newer than the last one
         return frame
 
+    def next_batch(self, size: int) -> list[Frame]:
+        """Up to ``size`` frames of one image size (empty when done). A batch ends early at
+        the end of the source and before a frame of another size (image folders), which starts
+        the next batch: padded to a common size, results would differ from one at a time.
+        A live source gives one frame at a time: its frames must not wait for others.
+        Raises ``_Stop`` when stopped."""
+        batch: list[Frame] = []
+        if self._held is not None:
+            batch.append(self._held)
+            self._held = None
+        while len(batch) < (1 if self.live else size) and not self._ended:
+            frame = self.next()
+            if frame is _DONE:
+                self._ended = True
+            elif batch and frame.image.shape[:2] != batch[0].image.shape[:2]:
+                self._held = frame
+                break
+            else:
+                batch.append(frame)
+        return batch
+
     def close(self) -> None:
         """Stop and join the reader: afterwards nothing reads the source any more."""
         self._stop.set()
@@ -207,20 +231,28 @@ def run_pipeline(
     max_frames: int | None = None,
     stats: Stats | None = None,
     on_main_thread: Callable[[], None] | None = None,
+    batch_size: int = 1,
 ) -> Stats:
     """Decode ``frames`` in a reader thread, detect here, and hand each result to
     ``render`` then ``consume`` in a writer thread, in order. ``on_main_thread`` is
     called in the calling thread before each frame is detected (may raise ``StopPipeline``).
+
+    ``batch_size`` frames go through the model together (the last batch may be smaller);
+    results still come out one frame at a time, in order. A batch holds frames of this one
+    source only, and a live source is always detected one newest frame at a time.
 
     A live source (``frames.live`` is true: it has its own capture thread that
     keeps only the newest frame) is read directly by the detecting thread, and
     results go to the writer through a one-slot queue, so nothing waits in a
     queue long enough to go stale.
     """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     stats = stats or Stats()
     stop = threading.Event()
-    feed = _Feed(frames, stop, queue_size=queue_size, max_frames=max_frames, stats=stats)
-    detected: queue.Queue[Any] = queue.Queue(maxsize=1 if feed.live else queue_size)
+    depth = max(queue_size, 2 * batch_size)  # the reader fills the next batch while this one runs
+    feed = _Feed(frames, stop, queue_size=depth, max_frames=max_frames, stats=stats)
+    detected: queue.Queue[Any] = queue.Queue(maxsize=1 if feed.live else depth)
 
     def write() -> None:
         while (item := _get(detected, stop)) is not _DONE:
@@ -241,19 +273,23 @@ def run_pipeline(
     feed.start()
     writer.start()
     try:
-        while (frame := feed.next()) is not _DONE:
+        while batch := feed.next_batch(batch_size):
             if on_main_thread is not None:  # e.g. a GUI window's event pump: toolkits want the main thread
                 on_main_thread()
             t0 = time.perf_counter()
-            tensors = detector.preprocess([frame.image])
+            tensors = detector.preprocess([frame.image for frame in batch])
             t1 = time.perf_counter()
             outputs = detector.forward(tensors)
             t2 = time.perf_counter()
-            (dets,) = detector.postprocess(outputs)
-            stats.add("preprocess", t1 - t0)
-            stats.add("inference", t2 - t1)
-            stats.add("postprocess", time.perf_counter() - t2)
-            _put(detected, (frame, dets), stop)
+            results = detector.postprocess(outputs)
+            t3 = time.perf_counter()
+            n = len(batch)  # stage times are per frame: a batch's time is shared by its frames
+            for _ in batch:
+                stats.add("preprocess", (t1 - t0) / n)
+                stats.add("inference", (t2 - t1) / n)
+                stats.add("postprocess", (t3 - t2) / n)
+            for frame, dets in zip(batch, results, strict=True):
+                _put(detected, (frame, dets), stop)
         _put(detected, _DONE, stop)
         writer.join()  # let the writer drain what is queued
     except (_Stop, StopPipeline):
@@ -271,6 +307,13 @@ def run_pipeline(
     return stats
 
 
+def default_batch_size(detector: Detector) -> int:
+    """Frames per forward pass when none is given: 1 on the CPU, where a batch is no faster
+    per frame and only adds latency; 4 on CUDA (a conservative choice, not yet measured:
+    ``benchmarks/gpu.py`` measures 1/4/8/16)."""
+    return 4 if detector.device.type == "cuda" else 1
+
+
 class Stream:
     """``(frame, detections)`` pairs as they come, for embedding; nothing is accumulated.
 
@@ -283,30 +326,38 @@ class Stream:
     """
 
     def __init__(self, frames: Iterable[Frame], detector: Detector, *, queue_size: int = 4,
-                 max_frames: int | None = None) -> None:  # fmt: skip
+                 max_frames: int | None = None, batch_size: int = 1) -> None:  # fmt: skip
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.detector = detector
+        self.batch_size = batch_size
         self._stop = threading.Event()
-        self._feed = _Feed(frames, self._stop, queue_size=queue_size, max_frames=max_frames)
+        self._feed = _Feed(frames, self._stop, queue_size=max(queue_size, 2 * batch_size), max_frames=max_frames)
+        self._ready: collections.deque[tuple[Frame, Detections]] = collections.deque()
         self._started = self._closed = False
 
     def __iter__(self) -> Stream:
         return self
 
     def __next__(self) -> tuple[Frame, Detections]:
+        if self._ready:
+            return self._ready.popleft()
         if self._closed:
             raise StopIteration
         if not self._started:
             self._started = True
             self._feed.start()
         try:
-            frame = self._feed.next()
+            batch = self._feed.next_batch(self.batch_size)
         except _Stop:
-            frame = _DONE
-        if frame is _DONE:
+            batch = []
+        if not batch:
             self.close()
             self._feed.raise_errors()
             raise StopIteration
-        return frame, self.detector(frame.image)
+        results = self.detector([frame.image for frame in batch])
+        self._ready.extend(zip(batch, results, strict=True))
+        return self._ready.popleft()
 
     def close(self) -> None:
         if not self._closed:
@@ -325,11 +376,14 @@ class Stream:
 
 
 def stream(frames: Iterable[Frame], detector: Detector, *, queue_size: int = 4,
-           max_frames: int | None = None) -> Stream:  # fmt: skip
+           max_frames: int | None = None, batch_size: int = 1) -> Stream:  # fmt: skip
     """Yield ``(frame, detections)`` as they come (see :class:`Stream`)::
 
     with stream(open_source("clip.mp4"), detector, max_frames=50) as results:
         for frame, dets in results:
             ...
+
+    ``batch_size`` frames go through the model together (files and folders; a live
+    source is always one newest frame at a time); pairs still come one by one, in order.
     """
-    return Stream(frames, detector, queue_size=queue_size, max_frames=max_frames)
+    return Stream(frames, detector, queue_size=queue_size, max_frames=max_frames, batch_size=batch_size)

@@ -20,7 +20,7 @@ from .io.sinks import VIDEO_FOURCC, ImageSink, JsonlSink, VideoFileSink, prepare
 from .io.sources import ImageSource, VideoFileSource, open_source
 from .io.types import Frame
 from .models import Detector
-from .pipeline import Stats, run_pipeline
+from .pipeline import Stats, default_batch_size, run_pipeline
 from .render import annotate
 from .render.hud import Hud
 from .resources import DEMO_CLIP
@@ -228,6 +228,7 @@ def run(
     max_frames: int | None = None,
     progress: bool = True,
     plan: OutputPlan | None = None,
+    batch_size: int | None = None,
 ) -> RunResult:
     """Run ``detector`` over a source (a spec, or an opened source, which this closes) and hand
     every annotated frame and its detections to each sink, in order.
@@ -238,6 +239,9 @@ def run(
     with none of them and no ``sinks``, a file input writes to ./runs/ as the CLI does.
     ``serve_token`` and ``max_viewers`` configure the browser view (see
     :class:`detector.io.browser.BrowserSink`). ``hud`` draws a status line on every frame.
+    ``batch_size`` frames of a file or folder go through the model together (default
+    :func:`detector.pipeline.default_batch_size`: 1 on CPU, 4 on CUDA); live sources are
+    always detected one newest frame at a time.
     Decoding, detection and rendering+writing
     overlap (:func:`detector.pipeline.run_pipeline`); files are renamed into place when
     finalised (see :mod:`detector.io.sinks`).
@@ -281,7 +285,8 @@ def run(
                 pump()
 
         stats = run_pipeline(source, detector, write, render=render, max_frames=max_frames,
-                             on_main_thread=on_main_thread if pumps else None)  # fmt: skip
+                             on_main_thread=on_main_thread if pumps else None,
+                             batch_size=batch_size or default_batch_size(detector))  # fmt: skip
         files = {type(s): s.path for s in all_sinks if isinstance(s, (VideoFileSink, ImageSink, JsonlSink))}
     media = files.get(VideoFileSink, files.get(ImageSink))
     return RunResult(stats.frames, detections, media, files.get(JsonlSink), time.perf_counter() - start, stats)

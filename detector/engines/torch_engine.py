@@ -14,11 +14,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
+
+from ..errors import EngineError
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +76,31 @@ def apply_mixed_precision(model: nn.Module, precision: str, device_type: str) ->
     return parts
 
 
+def compile_parts(model: nn.Module) -> list[nn.Module]:
+    """``torch.compile`` a torchvision detector's backbone (+ FPN) in place (``Module.compile``: the
+    module tree and state_dict keys stay as they are); the whole model when it has no backbone.
+    Compiling happens on the first call; box decoding, NMS and the heads' Python stay eager."""
+    if isinstance(model, torch.jit.ScriptModule):
+        raise EngineError("--compile needs an eager torch model; a TorchScript file cannot be compiled")
+    part = getattr(model, "backbone", None)
+    part = part if isinstance(part, nn.Module) else model
+    part.compile(dynamic=None)
+    return [part]
+
+
 class TorchEngine:
     """A torchvision-convention module (``model(list_of_CHW_RGB_0_1)``) under ``inference_mode``."""
 
     kind = "torch"
 
     def __init__(
-        self, model: nn.Module, *, device: torch.device, precision: str = "fp32", channels_last: bool = False
+        self,
+        model: nn.Module,
+        *,
+        device: torch.device,
+        precision: str = "fp32",
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         model = model.to(device).eval()
         if channels_last:
@@ -92,6 +113,10 @@ class TorchEngine:
             # A model whose parts we cannot see (TorchScript): the old whole-model autocast is all there is.
             log.warning("%s: no backbone/head found; autocast covers the whole model", type(model).__name__)
             self._whole_model_autocast = True
+        self.compiled = compile_parts(model) if compile else []
+        self._first_call = bool(self.compiled)
+        self.warmup_seconds: float | None = None
+        """With ``compile``: how long the first call took (compiling included)."""
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if not self._whole_model_autocast:
@@ -99,8 +124,14 @@ class TorchEngine:
         return torch.autocast(device_type=self.device.type, dtype=AUTOCAST_DTYPES[self.precision])
 
     def __call__(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        start = time.perf_counter()
         with torch.inference_mode(), self._autocast():
             out = self.model(images)
+        if self._first_call:
+            self._first_call = False
+            self.warmup_seconds = time.perf_counter() - start
+            log.info("torch.compile: the first call took %.1f s (compiling %s)", self.warmup_seconds,
+                     " and ".join(type(m).__name__ for m in self.compiled))  # fmt: skip
         if isinstance(out, tuple):  # scripted torchvision models return (losses, detections)
             out = out[1]
         return list(out)
