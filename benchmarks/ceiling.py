@@ -21,6 +21,7 @@ import torch
 from common import VIDEO, machine, median
 
 from detector import Detector
+from detector.io.sinks import JsonlSink
 from detector.runner import run
 
 
@@ -81,7 +82,7 @@ def main() -> None:
             "run(): mp4 + JSONL": {"out": d / "o.mp4", "json": d / "o.jsonl"},
             "run(): mp4 + JSONL, float-input model": {"out": d / "f.mp4", "json": d / "f.jsonl"},
             "run(): avi + JSONL": {"out": d / "o.avi", "json": d / "o2.jsonl"},
-            "run(): JSONL only": {"json": d / "o3.jsonl"},
+            "run(): JSONL only": {"sinks": [_Jsonl(d / "o3.jsonl")]},
             "run(): no output": {"sinks": [_Discard()]},
         }
         for _ in range(args.rounds):  # interleaved, so drift hits every row alike
@@ -100,6 +101,20 @@ def main() -> None:
         print(f"| {name} | {median(values):.0f} |")
     if args.stages and last_stats is not None:
         print("\n" + last_stats.table())
+
+
+class _Jsonl:
+    """A fresh JSON Lines sink per run (``json=`` alone would also write the default video)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> JsonlSink:
+        self.sink = JsonlSink(self.path)
+        return self.sink.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self.sink.__exit__(*exc)
 
 
 class _Discard:

@@ -307,6 +307,57 @@ def run_pipeline(
     return stats
 
 
+class OffThreadSink:
+    """Runs a sink's ``write`` in a thread of its own, in order, behind a bounded queue.
+
+    For sinks whose work is mostly C code that releases the GIL -- video encoding, image
+    encoding -- so it runs on another core while the pipeline's writer thread goes on with
+    the next frame. The frame handed over must not change afterwards (the pipeline never
+    reuses a frame). An error in the thread is raised by the next ``write`` or by ``close``;
+    ``close`` first writes what is queued (frames already detected are never dropped), then
+    joins the thread. It does not close the wrapped sink: its owner does, after this.
+    """
+
+    def __init__(self, sink: Any, *, depth: int = 8, name: str = "detector-encode") -> None:
+        self.sink = sink
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+        self._closed = False
+
+    def _loop(self) -> None:
+        while (item := self._queue.get()) is not _DONE:
+            if self._error is not None:
+                continue  # drain without writing after a failure, so put() never blocks for ever
+            try:
+                self.sink.write(*item)
+            except BaseException as exc:
+                self._error = exc
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def write(self, frame: Frame, detections: Detections) -> None:
+        while True:
+            self._raise()
+            try:
+                self._queue.put((frame, detections), timeout=POLL_S)
+                return
+            except queue.Full:
+                continue
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_DONE)  # the thread takes items until this one, so this never blocks for long
+        self._thread.join()
+        self._raise()
+
+
 def default_batch_size(detector: Detector) -> int:
     """Frames per forward pass when none is given: 1 on the CPU, where a batch is no faster
     per frame and only adds latency; 4 on CUDA (a conservative choice, not yet measured:

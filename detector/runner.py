@@ -20,7 +20,7 @@ from .io.sinks import VIDEO_FOURCC, ImageSink, JsonlSink, VideoFileSink, prepare
 from .io.sources import ImageSource, VideoFileSource, open_source
 from .io.types import Frame
 from .models import Detector
-from .pipeline import Stats, default_batch_size, run_pipeline
+from .pipeline import OffThreadSink, Stats, default_batch_size, run_pipeline
 from .render import annotate
 from .render.hud import Hud
 from .resources import DEMO_CLIP
@@ -205,9 +205,14 @@ def open_sinks(
             stride = source.stride if isinstance(source, VideoFileSource) else 1
             fps = (info.fps or 30.0) / stride  # a strided video keeps its duration
             timed = isinstance(source, LiveSource)  # a recording plays as long as it took
-            sinks.append(stack.enter_context(VideoFileSink(plan.out, fps, (info.width, info.height), timed=timed)))
+            media: VideoFileSink | ImageSink = VideoFileSink(plan.out, fps, (info.width, info.height), timed=timed)
         else:
-            sinks.append(stack.enter_context(ImageSink(plan.out, folder=info.kind == "images")))
+            media = ImageSink(plan.out, folder=info.kind == "images")
+        # Encoding runs in a thread of its own (OpenCV releases the GIL): on another core than
+        # drawing and JSON. Closed before the sink itself, so the sink gets every queued frame.
+        encoder = OffThreadSink(stack.enter_context(media))
+        stack.callback(encoder.close)
+        sinks.append(encoder)
     if plan.json is not None:
         sinks.append(stack.enter_context(JsonlSink(plan.json, with_image=info.kind in ("image", "images"))))
     return sinks
@@ -287,6 +292,7 @@ def run(
         stats = run_pipeline(source, detector, write, render=render, max_frames=max_frames,
                              on_main_thread=on_main_thread if pumps else None,
                              batch_size=batch_size or default_batch_size(detector))  # fmt: skip
-        files = {type(s): s.path for s in all_sinks if isinstance(s, (VideoFileSink, ImageSink, JsonlSink))}
+        inner = [s.sink if isinstance(s, OffThreadSink) else s for s in all_sinks]
+        files = {type(s): s.path for s in inner if isinstance(s, (VideoFileSink, ImageSink, JsonlSink))}
     media = files.get(VideoFileSink, files.get(ImageSink))
     return RunResult(stats.frames, detections, media, files.get(JsonlSink), time.perf_counter() - start, stats)
