@@ -211,7 +211,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         scores = score_results_file(dataset.coco, args.results, dataset.image_ids, args.backend)
         report = EvalReport(scores, args.results.name, len(dataset))
         return _finish_eval(args, report, write_results=False)
-    from .eval.distributed import distributed_from_env
+    from .distributed import distributed_from_env
     from .models import MODELS, Detector
 
     overrides = {}
