@@ -365,7 +365,10 @@ def _run_many(
     outcomes = group.to_rank0(outcome)
     final: tuple[str | None, bool] = (None, True)
     if group.rank == 0:
-        final = _finish(plan, outcomes)
+        try:
+            final = _finish(plan, outcomes)
+        except Exception as exc:  # the others wait for this answer: always send one
+            final = (_describe(exc), False)
     error, merged = group.from_rank0(final)
     if merged and part is not None:
         part.unlink(missing_ok=True)
