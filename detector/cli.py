@@ -105,6 +105,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         check_gui()
     stats_path = Path(args.stats) if args.stats not in (None, "-") else None
+    from .multi import many_inputs, run_many
+
+    if many_inputs(args.source):  # a folder of videos, or any run under torchrun
+        return run_many(args, cfg, stats_path)
     source = open_source(args.source if args.source is not None else DEFAULT_SOURCE,
                          stride=args.stride or 1, start=args.start or 0, end=args.end)  # fmt: skip
     try:
@@ -215,7 +219,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         scores = score_results_file(dataset.coco, args.results, dataset.image_ids, args.backend)
         report = EvalReport(scores, args.results.name, len(dataset))
         return _finish_eval(args, report, write_results=False)
-    from .eval.distributed import distributed_from_env
+    from .distributed import distributed_from_env
     from .models import MODELS, Detector
 
     overrides = {}
@@ -260,11 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
     quiet.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                        help="no progress bars or info logs")  # fmt: skip
 
-    p = sub.add_parser("run", parents=[quiet], help="detect on a camera, stream, video file, image or folder of images")
+    p = sub.add_parser(
+        "run", parents=[quiet], help="detect on a camera, stream, video file, image, or folder of images or videos"
+    )
     p.add_argument(
         "source", nargs="?", help="camera index (0), stream URL, image, folder, glob or video (default: demo clip)"
     )
-    p.add_argument("--out", type=Path, help="annotated output: a video/image file, or a folder for image folders")
+    p.add_argument("--out", type=Path, help="annotated output: a video/image file, or a folder for folders")
     p.add_argument("--json", type=Path, help="JSON Lines detections (default: next to --out)")
     p.add_argument("--max-frames", type=int, help="stop after N frames")
     p.add_argument("--batch-size", type=int, metavar="N",

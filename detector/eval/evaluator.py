@@ -19,6 +19,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from ..categories import UNUSED_NAMES
+from ..distributed import world as _world
 from ..io.sources import read_image
 from ..models import Detector
 from ..structures import Detections
@@ -81,12 +82,6 @@ class EvalReport:
             "backend": self.scores.backend,
             "speed": {**(self.speed.as_dict() if self.speed else {}), "scoring_seconds": self.scores.seconds},
         }
-
-
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 class CocoEvaluator:
