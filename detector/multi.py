@@ -401,7 +401,8 @@ def _run_videos(
                 source.close()
                 raise
             log.info("%s -> %s", video, media)
-            result = run(detector, source, plan=outputs, max_frames=args.max_frames, progress=progress, hud=args.hud)
+            result = run(detector, source, plan=outputs, max_frames=args.max_frames, progress=progress, hud=args.hud,
+                         batch_size=args.batch_size)  # fmt: skip
             outcome.add(result, keep_stats=args.stats is not None)
             outcome.videos += 1
     except Exception as exc:
@@ -422,7 +423,8 @@ def _run_images(
             if part is not None:
                 prepare_output(part)
             source = ImageShare(paths, plan.origin, plan.base, group.rank, group.size)
-            result = run(detector, source, plan=OutputPlan(plan.outputs.out, part), progress=progress, hud=args.hud)
+            result = run(detector, source, plan=OutputPlan(plan.outputs.out, part), progress=progress, hud=args.hud,
+                         batch_size=args.batch_size)  # fmt: skip
             outcome.add(result, keep_stats=args.stats is not None)
     except Exception as exc:
         outcome.error = _describe(exc)
