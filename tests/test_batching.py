@@ -128,3 +128,20 @@ def test_bad_batch_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert not list(tmp_path.iterdir())
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
         stream(frames([(8, 8)]), Detector(Recording(), device="cpu"), batch_size=0)
+
+
+def test_gpu_benchmark_script_runs(tmp_path: Path) -> None:
+    """benchmarks/gpu.py stays runnable where no GPU is (a CPU smoke run; its figures mean nothing)."""
+    import subprocess
+    import sys
+
+    from .conftest import ROOT, VIDEO, need
+
+    need(VIDEO)
+    args = "--device cpu --models fasterrcnn_resnet50_fpn --batches 2 --precisions fp32 --frames 4 --rounds 1"
+    cmd = [sys.executable, "gpu.py", *args.split(), "--min-size", "96", "--max-size", "128"]
+    done = subprocess.run(cmd, cwd=ROOT / "benchmarks", capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| fasterrcnn_resnet50_fpn |")]
+    assert len(rows) == 1 and "| random | fp32 | off | 2 |" in rows[0]
+    assert "CPU" in done.stdout.splitlines()[0]  # the device is named
