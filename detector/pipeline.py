@@ -308,20 +308,23 @@ def run_pipeline(
 
 
 class OffThreadSink:
-    """Runs a sink's ``write`` in a thread of its own, in order, behind a bounded queue.
+    """Runs sinks' ``write`` in a thread of their own, in order, behind a bounded queue.
 
-    For sinks whose work is mostly C code that releases the GIL -- video encoding, image
+    For file sinks whose work is mostly C code that releases the GIL -- video and image
     encoding -- so it runs on another core while the pipeline's writer thread goes on with
-    the next frame. The frame handed over must not change afterwards (the pipeline never
-    reuses a frame). An error in the thread is raised by the next ``write`` or by ``close``;
-    ``close`` first writes what is queued (frames already detected are never dropped), then
-    joins the thread. It does not close the wrapped sink: its owner does, after this.
+    the next frame. Each frame goes to ``sinks`` in the order given (media first, then
+    JSON Lines: a line is written only once its frame was), and a frame handed over must not
+    change afterwards (the pipeline never reuses one). An error in the thread is raised by
+    the next ``write`` or by ``close``; ``close`` first writes what is queued (frames already
+    detected are never dropped), then joins the thread. It does not close the sinks: their
+    owner does, after this.
     """
 
-    def __init__(self, sink: Any, *, depth: int = 8, name: str = "detector-encode") -> None:
-        self.sink = sink
+    def __init__(self, *sinks: Any, depth: int = 8, name: str = "detector-encode") -> None:
+        self.sinks = sinks
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
+        self._reported = False
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
         self._closed = False
@@ -331,14 +334,15 @@ class OffThreadSink:
             if self._error is not None:
                 continue  # drain without writing after a failure, so put() never blocks for ever
             try:
-                self.sink.write(*item)
+                for sink in self.sinks:
+                    sink.write(*item)
             except BaseException as exc:
                 self._error = exc
 
     def _raise(self) -> None:
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
+        if self._error is not None and not self._reported:
+            self._reported = True  # once; the thread keeps skipping writes after a failure
+            raise self._error
 
     def write(self, frame: Frame, detections: Detections) -> None:
         while True:

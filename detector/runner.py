@@ -191,6 +191,7 @@ def open_sinks(
     files last, so a view that cannot start touches no file."""
     info = source.info
     sinks: list[Sink] = []
+    files: list[VideoFileSink | ImageSink | JsonlSink] = []
     if serve is not None:
         view = stack.enter_context(BrowserView(serve, title, token=serve_token, max_viewers=max_viewers))
         print(f"live view: {view.url}", flush=True)
@@ -208,13 +209,19 @@ def open_sinks(
             media: VideoFileSink | ImageSink = VideoFileSink(plan.out, fps, (info.width, info.height), timed=timed)
         else:
             media = ImageSink(plan.out, folder=info.kind == "images")
-        # Encoding runs in a thread of its own (OpenCV releases the GIL): on another core than
-        # drawing and JSON. Closed before the sink itself, so the sink gets every queued frame.
-        encoder = OffThreadSink(stack.enter_context(media))
+        stack.enter_context(media)
+        files.append(media)
+    if plan.json is not None:
+        jsonl = JsonlSink(plan.json, with_image=info.kind in ("image", "images"))
+        stack.enter_context(jsonl)
+        files.append(jsonl)
+    if files:
+        # Encoding runs in a thread of its own (OpenCV releases the GIL), on another core than
+        # detection and drawing; the JSON line follows its frame there. Closed before the
+        # files themselves, so they get every queued frame.
+        encoder = OffThreadSink(*files)
         stack.callback(encoder.close)
         sinks.append(encoder)
-    if plan.json is not None:
-        sinks.append(stack.enter_context(JsonlSink(plan.json, with_image=info.kind in ("image", "images"))))
     return sinks
 
 
@@ -292,7 +299,7 @@ def run(
         stats = run_pipeline(source, detector, write, render=render, max_frames=max_frames,
                              on_main_thread=on_main_thread if pumps else None,
                              batch_size=batch_size or default_batch_size(detector))  # fmt: skip
-        inner = [s.sink if isinstance(s, OffThreadSink) else s for s in all_sinks]
+        inner = [f for s in all_sinks for f in (s.sinks if isinstance(s, OffThreadSink) else (s,))]
         files = {type(s): s.path for s in inner if isinstance(s, (VideoFileSink, ImageSink, JsonlSink))}
     media = files.get(VideoFileSink, files.get(ImageSink))
     return RunResult(stats.frames, detections, media, files.get(JsonlSink), time.perf_counter() - start, stats)

@@ -36,22 +36,25 @@ def frame(i: int) -> Frame:
 
 def test_in_order_in_another_thread_and_drained_on_close() -> None:
     sink = Slow()
-    off = OffThreadSink(sink, depth=3)
+    second = Slow()
+    off = OffThreadSink(sink, second, depth=3)
     for i in range(40):
         off.write(frame(i), Detections.empty())
     off.close()  # every queued frame is written before close returns
-    assert sink.seen == list(range(40))
+    assert sink.seen == second.seen == list(range(40))
     assert sink.threads == {"detector-encode"}
     off.close()  # twice is fine
 
 
 def test_an_error_in_the_thread_reaches_the_caller() -> None:
-    off = OffThreadSink(Slow(fail_at=5), depth=2)
+    after = Slow()
+    off = OffThreadSink(Slow(fail_at=5), after, depth=2)
     with pytest.raises(SinkError, match="disk full"):
         for i in range(200):
             off.write(frame(i), Detections.empty())
         off.close()
     off.close()  # the error was reported once; closing again neither hangs nor raises
+    assert after.seen == [0, 1, 2, 3, 4]  # the sink after the failing one never gets that frame
 
 
 def test_run_writes_the_video_through_the_encoder_thread(tmp_path: Path) -> None:
