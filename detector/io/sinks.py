@@ -197,16 +197,23 @@ class _H264Writer:
 
     Per frame: OpenCV converts BGR to I420 into a reused array (about 0.2 ms at 768x576,
     several times cheaper than PyAV's own bgr24->yuv420p reformat), the planes are copied into
-    one reused ``av.VideoFrame`` (``Plane.update``, a memcpy; libx264 copies its input, so the
-    frame can be refilled once sent), then one ``encode`` and one ``mux``: few Python calls,
-    because each of PyAV's GIL releases costs a hand-off when other pipeline threads run Python.
+    one reused ``av.VideoFrame`` (``Plane.update``, a memcpy that keeps the GIL; libx264 copies
+    its input, so the frame can be refilled once sent), then one ``encode`` and one ``mux``.
+    PyAV still releases the GIL about 8 times per frame (sending, two receives, each packet's
+    allocation and release, muxing): next to a thread that runs pure Python, each release may
+    wait the 5 ms switch interval to get it back (42.8 ms per frame against mp4v's 9.9,
+    ``benchmarks/encode.py``). In :func:`~detector.runner.run`, whose other threads mostly run
+    C code, the video write measured 6.8 ms per frame for both codecs (README, Video codecs).
 
-    Settings (:data:`X264_OPTIONS`): ``preset=ultrafast`` is the cheapest libx264 preset, about
-    the CPU time per frame of OpenCV's mp4v (see README for the measured figures) and a
-    Constrained Baseline stream every browser plays; ``crf=23`` (x264's default quality) gives
-    about mp4v's file size at a higher PSNR on the real clip (38.8 against 37.1 dB at 768x576);
-    x264 picks its thread count. yuv420p needs an even width and height: an odd one is cropped
-    by one pixel (the last column or row), as OpenCV's own writers do.
+    Settings (:data:`X264_OPTIONS`): ``preset=ultrafast``, the cheapest libx264 preset (about
+    3.0 ms wall, 4.6 ms CPU per 768x576 frame here, against mp4v's 3.8 and 3.7), gives a
+    Constrained Baseline stream that every browser and phone plays; ``crf=23`` (x264's default
+    quality) gives mp4v's file size at a higher PSNR on the real clip (38.9 against 37.4 dB).
+    ``superfast`` would make files 40% smaller at the same PSNR but cost 1.7x the CPU, in the
+    writer thread of a pipeline that shares 2 cores with the model. Threads: PyAV's default,
+    libx264's sliced threads, as many as it picks for the machine, so no frame is held back.
+    yuv420p needs an even width and height: an odd one is cropped by one pixel (the last
+    column or row), as OpenCV's own writers do.
     """
 
     def __init__(self, av: ModuleType, path: Path, tmp: Path, fps: float, size: tuple[int, int]) -> None:
