@@ -311,12 +311,12 @@ class VideoFileSink(_PartialFileSink):
             if why is None:
                 try:
                     self._writer = _H264Writer(_import_av(), path, self._tmp, self.fps, size)
-                except Exception as exc:  # noqa: BLE001 (any encoder failure falls back, or is reported)
+                except Exception as exc:  # any encoder failure falls back (auto) or is reported (h264)
                     if codec == "h264":
                         raise SinkError(
                             f"cannot write H.264 video {path}: the encoder failed ({exc}); use --codec mp4v"
                         ) from None
-                    log.warning("H.264 encoder failed (%s); writing %s as MPEG-4 part 2 (mp4v)", exc, path)
+                    log.warning("H.264 encoder failed (%s); writing %s with OpenCV's MPEG-4 part 2", exc, path)
                     note = "; the H.264 encoder failed"
             else:
                 note = "; install av for H.264" if why == "PyAV is not installed" else f"; {why}, pip install av"
