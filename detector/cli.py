@@ -112,7 +112,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     source = open_source(args.source if args.source is not None else DEFAULT_SOURCE,
                          stride=args.stride or 1, start=args.start or 0, end=args.end)  # fmt: skip
     try:
-        plan = plan_outputs(source, args.out, args.json, live_view=bool(args.serve or args.show), stats=stats_path)
+        plan = plan_outputs(source, args.out, args.json, live_view=bool(args.serve or args.show), stats=stats_path,
+                            codec=args.codec)  # fmt: skip
         detector = Detector.from_config(cfg, progress=not args.quiet)
     except BaseException:
         source.close()
@@ -121,7 +122,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         result = run(detector, source, plan=plan, max_frames=args.max_frames, progress=not args.quiet,
                      serve=args.serve, serve_token=serve_token, max_viewers=args.max_viewers,
-                     show=args.show, hud=args.hud, batch_size=args.batch_size)  # fmt: skip
+                     show=args.show, hud=args.hud, batch_size=args.batch_size, codec=args.codec,
+                     announce=None if args.quiet else print)  # fmt: skip
     except Interrupted as exc:
         kept = [str(p) for p in (plan.out, plan.json) if p is not None]
         exc.detail = f"; the frames processed so far are in {' and '.join(kept)}" if kept else ""
@@ -272,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, help="annotated output: a video/image file, or a folder for folders")
     p.add_argument("--json", type=Path, help="JSON Lines detections (default: next to --out)")
+    p.add_argument("--codec", choices=("auto", "h264", "mp4v"), default="auto",
+                   help="video --out .mp4/.m4v/.mov/.mkv: auto (default: H.264 when PyAV is installed, else mp4v), "
+                   "h264 (or an error), mp4v (OpenCV's MPEG-4 part 2); .avi is always MJPG")  # fmt: skip
     p.add_argument("--max-frames", type=int, help="stop after N frames")
     p.add_argument("--batch-size", type=int, metavar="N",
                    help="files and folders: frames per forward pass (default 1 on CPU, 4 on CUDA)")  # fmt: skip

@@ -396,13 +396,13 @@ def _run_videos(
                 outcome.skipped.append(str(video))
                 continue
             try:
-                outputs = plan_outputs(source, media, jsonl)
+                outputs = plan_outputs(source, media, jsonl, codec=args.codec)
             except BaseException:
                 source.close()
                 raise
             log.info("%s -> %s", video, media)
             result = run(detector, source, plan=outputs, max_frames=args.max_frames, progress=progress, hud=args.hud,
-                         batch_size=args.batch_size)  # fmt: skip
+                         batch_size=args.batch_size, codec=args.codec)  # fmt: skip
             outcome.add(result, keep_stats=args.stats is not None)
             outcome.videos += 1
     except Exception as exc:

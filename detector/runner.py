@@ -4,8 +4,9 @@ copy and JSON Lines, and/or show the result live in a window or a browser."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -16,7 +17,7 @@ from tqdm import tqdm
 from .errors import SinkError
 from .io.base import Closeable
 from .io.live import LiveSource
-from .io.sinks import VIDEO_FOURCC, ImageSink, JsonlSink, VideoFileSink, prepare_output
+from .io.sinks import ImageSink, JsonlSink, VideoFileSink, check_video_codec, prepare_output
 from .io.sources import ImageSource, VideoFileSource, open_source
 from .io.types import Frame
 from .models import Detector
@@ -26,6 +27,7 @@ from .render.hud import Hud
 from .resources import DEMO_CLIP
 from .structures import Detections
 
+log = logging.getLogger(__name__)
 DEFAULT_SOURCE = DEMO_CLIP
 DEFAULT_OUT_DIR = Path("runs")
 AnySource = ImageSource | VideoFileSource | LiveSource
@@ -106,18 +108,18 @@ def plan_outputs(
     *,
     live_view: bool = False,
     stats: Path | None = None,
+    codec: str = "auto",
 ) -> OutputPlan:
     """The output paths, checked, with their folders created; nothing is written yet.
 
     Files default to ./runs/ for file inputs, numbered (``x-2.mp4``) rather than
     overwriting anything. A live source writes only what is asked for, and needs
     at least one of --out, --json, --show or --serve. Raises ``SinkError`` for
-    unusable paths, two outputs naming one file, or any output naming an input.
+    unusable paths, two outputs naming one file, any output naming an input, or a video
+    ``codec`` that cannot be written (see :class:`~detector.io.sinks.VideoFileSink`).
     """
     info = source.info
     video_like = info.kind in ("video", "camera", "stream")
-    if out is not None and video_like and out.suffix.lower() not in VIDEO_FOURCC:
-        raise SinkError(f"cannot write video {out}: use one of {', '.join(VIDEO_FOURCC)} as the extension")
     if out is not None and info.kind == "image":
         _check_image_out(out)
     if isinstance(source, LiveSource):
@@ -130,6 +132,8 @@ def plan_outputs(
         elif json is None:
             json = _json_beside(out)
         inputs = tuple(source.paths) if isinstance(source, ImageSource) else (Path(info.path),)
+    if out is not None and video_like:
+        check_video_codec(out, codec)
     named: dict[Path, str] = {}
     for what, path in (("--out", out), ("--json", json), ("--stats", stats)):
         if path is None:
@@ -186,9 +190,12 @@ def open_sinks(
     title: str = "detector",
     serve_token: str | None = None,
     max_viewers: int = 32,
+    codec: str = "auto",
+    announce: Callable[[str], object] | None = None,
 ) -> list[Sink]:
     """The sinks a plan and the view options ask for, entered on ``stack``. Views open first and
-    files last, so a view that cannot start touches no file."""
+    files last, so a view that cannot start touches no file. The video's codec is told once in one
+    line (``video: H.264 (libx264) -> runs/x.mp4``) to ``announce``, by default logged at INFO."""
     info = source.info
     sinks: list[Sink] = []
     files: list[VideoFileSink | ImageSink | JsonlSink] = []
@@ -206,7 +213,13 @@ def open_sinks(
             stride = source.stride if isinstance(source, VideoFileSource) else 1
             fps = (info.fps or 30.0) / stride  # a strided video keeps its duration
             timed = isinstance(source, LiveSource)  # a recording plays as long as it took
-            media: VideoFileSink | ImageSink = VideoFileSink(plan.out, fps, (info.width, info.height), timed=timed)
+            video = VideoFileSink(plan.out, fps, (info.width, info.height), timed=timed, codec=codec)
+            media: VideoFileSink | ImageSink = video
+            line = f"video: {video.codec_info} -> {plan.out}"
+            if announce is not None:
+                announce(line)
+            else:
+                log.info("%s", line)
         else:
             media = ImageSink(plan.out, folder=info.kind == "images")
         stack.enter_context(media)
@@ -241,6 +254,8 @@ def run(
     progress: bool = True,
     plan: OutputPlan | None = None,
     batch_size: int | None = None,
+    codec: str = "auto",
+    announce: Callable[[str], object] | None = None,
 ) -> RunResult:
     """Run ``detector`` over a source (a spec, or an opened source, which this closes) and hand
     every annotated frame and its detections to each sink, in order.
@@ -254,6 +269,9 @@ def run(
     ``batch_size`` frames of a file or folder go through the model together (default
     :func:`detector.pipeline.default_batch_size`: 1 on CPU, 4 on CUDA); live sources are
     always detected one newest frame at a time.
+    ``codec`` (``auto``, ``h264``, ``mp4v``) picks the video's codec (see
+    :class:`~detector.io.sinks.VideoFileSink`); the one used is told in one line to ``announce``
+    (e.g. ``print``), else logged at INFO on ``detector.runner`` (silent unless logging is set up).
     Decoding, detection and rendering+writing
     overlap (:func:`detector.pipeline.run_pipeline`); files are renamed into place when
     finalised (see :mod:`detector.io.sinks`).
@@ -264,10 +282,11 @@ def run(
     with contextlib.ExitStack() as stack:
         stack.enter_context(source)
         if plan is None and (out is not None or json is not None or not (sinks or serve or show)):
-            plan = plan_outputs(source, out, json, live_view=bool(serve or show or sinks))
+            plan = plan_outputs(source, out, json, live_view=bool(serve or show or sinks), codec=codec)
         title = f"detector: {detector.name}"
         all_sinks = open_sinks(stack, source, plan or OutputPlan(None, None), serve=serve, show=show, title=title,
-                               serve_token=serve_token, max_viewers=max_viewers)  # fmt: skip
+                               serve_token=serve_token, max_viewers=max_viewers, codec=codec,
+                               announce=announce)  # fmt: skip
         for sink in sinks:
             all_sinks.append(stack.enter_context(sink) if isinstance(sink, contextlib.AbstractContextManager) else sink)
         info = source.info
