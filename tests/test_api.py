@@ -139,12 +139,12 @@ def test_detections_rows_arrays_and_bridges() -> None:
 
 LAYERS = [
     ("detector.errors", "detector.categories", "detector.resources"),
-    ("detector.config", "detector.structures"),
+    ("detector.config", "detector.structures", "detector.distributed"),
     ("detector.io.base", "detector.io.types"),
     ("detector.io", "detector.render"),
     ("detector.models", "detector.engines"),  # engines run models; models are built into engines
     ("detector.pipeline",),
-    ("detector.runner", "detector.eval"),
+    ("detector.runner", "detector.eval", "detector.multi"),  # multi: folders of videos, torchrun
     ("detector.cli", "detector.__main__"),
 ]
 
