@@ -45,8 +45,8 @@ def device_name(device: torch.device) -> str:
     return f"CPU {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
-def decode(n: int) -> list:
-    cap = cv2.VideoCapture(str(VIDEO))
+def decode(video: Path, n: int) -> list:
+    cap = cv2.VideoCapture(str(video))
     frames = []
     while len(frames) < n:
         ok, frame = cap.read()
@@ -55,7 +55,7 @@ def decode(n: int) -> list:
         frames.append(frame)
     cap.release()
     if not frames:
-        raise SystemExit(f"cannot read {VIDEO}; the benchmarks need ../shared beside the checkout")
+        raise SystemExit(f"cannot read {video}; pass --video PATH (default: vtest.avi in ../shared)")
     return frames
 
 
@@ -83,12 +83,12 @@ def model_only(detector: Detector, frames: list, batch: int, rounds: int) -> tup
     return median(results), warm
 
 
-def end_to_end(detector: Detector, frames: int, batch: int, rounds: int, tmp: Path) -> tuple[float, str]:
-    run(detector, VIDEO, out=tmp / "w.mp4", json=tmp / "w.jsonl", max_frames=2 * batch, batch_size=batch,
+def end_to_end(detector: Detector, video: Path, frames: int, batch: int, rounds: int, tmp: Path) -> tuple[float, str]:
+    run(detector, video, out=tmp / "w.mp4", json=tmp / "w.jsonl", max_frames=2 * batch, batch_size=batch,
         progress=False)  # warm-up  # fmt: skip
     results, table = [], ""
     for i in range(rounds):
-        r = run(detector, VIDEO, out=tmp / f"e{i}.mp4", json=tmp / f"e{i}.jsonl", max_frames=frames,
+        r = run(detector, video, out=tmp / f"e{i}.mp4", json=tmp / f"e{i}.jsonl", max_frames=frames,
                 batch_size=batch, progress=False)  # fmt: skip
         results.append(r.frames / r.seconds)
         table = r.stats.table()
@@ -107,15 +107,17 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=256, help="frames per end-to-end round (model only: 64)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--video", type=Path, default=VIDEO, help="a real video (default: ../shared's vtest.avi)")
     ap.add_argument("--stages", action="store_true", help="print the stage table of every end-to-end row")
     args = ap.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device here; pass --device cpu for a smoke run (figures then mean nothing)")
-    frames = decode(min(args.frames, 64))
+    frames = decode(args.video, min(args.frames, 64))
     compiles = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
     print(f"# detector GPU benchmark: {device_name(device)}")
-    print(f"vtest.avi 768x576, min_size {args.min_size}, model only on {len(frames)} frames, end to end on "
+    h, w = frames[0].shape[:2]
+    print(f"{args.video.name} {w}x{h}, min_size {args.min_size}, model only on {len(frames)} frames, end to end on "
           f"{args.frames} frames (mp4 + JSONL), median of {args.rounds} rounds\n")  # fmt: skip
     print("| model | weights | precision | compile | batch | model only, frames/s | end to end, frames/s "
           "| first batch, s |")  # fmt: skip
@@ -132,7 +134,7 @@ def main() -> None:
             detector = Detector.from_config(cfg, progress=False)
             for batch in args.batches:
                 mo, warm = model_only(detector, frames, batch, args.rounds)
-                e2e, table = end_to_end(detector, args.frames, batch, args.rounds, Path(tmp))
+                e2e, table = end_to_end(detector, args.video, args.frames, batch, args.rounds, Path(tmp))
                 warm_text = f"{warm:.1f}"
                 kind = "COCO" if weights is None else "random"
                 print(f"| {name} | {kind} | {precision} | {'on' if compiled else 'off'} | {batch} | {mo:.1f} "
@@ -140,6 +142,7 @@ def main() -> None:
                 if args.stages:
                     print("\n" + table + "\n", flush=True)
             del detector
+            torch._dynamo.reset()  # compiled graphs of this model must not count against the next one's
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
+import logging
 import queue
 import threading
 import time
@@ -28,6 +30,7 @@ from .io.types import Frame
 from .models import Detector
 from .structures import Detections
 
+log = logging.getLogger(__name__)
 POLL_S = 0.05
 _DONE = object()
 STAGES = ("decode", "preprocess", "inference", "postprocess", "render", "write")
@@ -320,8 +323,10 @@ class OffThreadSink:
     owner does, after this.
     """
 
-    def __init__(self, *sinks: Any, depth: int = 8, name: str = "detector-encode") -> None:
+    def __init__(self, *sinks: Any, depth: int = 8, name: str = "detector-encode", copy: bool = False) -> None:
         self.sinks = sinks
+        self.copy = copy
+        """Queue a copy of each frame's image: for when other sinks may still draw on it."""
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
         self._reported = False
@@ -345,6 +350,8 @@ class OffThreadSink:
             raise self._error
 
     def write(self, frame: Frame, detections: Detections) -> None:
+        if self.copy:
+            frame = dataclasses.replace(frame, image=frame.image.copy())
         while True:
             self._raise()
             try:
@@ -353,13 +360,25 @@ class OffThreadSink:
             except queue.Full:
                 continue
 
-    def close(self) -> None:
+    def close(self, *, report: bool = True) -> None:
+        """Write what is queued, then join the thread. ``report=False`` (the run is already
+        ending on an error or a stop signal) keeps a write error to the log instead of raising it."""
         if self._closed:
             return
         self._closed = True
         self._queue.put(_DONE)  # the thread takes items until this one, so this never blocks for long
-        self._thread.join()
-        self._raise()
+        try:
+            self._thread.join()
+        except BaseException:  # a stop signal while waiting: the files must not close under the thread
+            self._thread.join()  # at most ``depth`` frames
+            raise
+        if report:
+            self._raise()
+        elif self._error is not None and not self._reported:
+            log.warning("writing the output failed while the run was stopping: %s", self._error)
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        self.close(report=exc_type is None)
 
 
 def default_batch_size(detector: Detector) -> int:
@@ -381,7 +400,9 @@ class Stream:
     """
 
     def __init__(self, frames: Iterable[Frame], detector: Detector, *, queue_size: int = 4,
-                 max_frames: int | None = None, batch_size: int = 1) -> None:  # fmt: skip
+                 max_frames: int | None = None, batch_size: int | None = None) -> None:  # fmt: skip
+        if batch_size is None:
+            batch_size = default_batch_size(detector)
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.detector = detector
@@ -395,10 +416,10 @@ class Stream:
         return self
 
     def __next__(self) -> tuple[Frame, Detections]:
-        if self._ready:
-            return self._ready.popleft()
         if self._closed:
             raise StopIteration
+        if self._ready:
+            return self._ready.popleft()
         if not self._started:
             self._started = True
             self._feed.start()
@@ -431,7 +452,7 @@ class Stream:
 
 
 def stream(frames: Iterable[Frame], detector: Detector, *, queue_size: int = 4,
-           max_frames: int | None = None, batch_size: int = 1) -> Stream:  # fmt: skip
+           max_frames: int | None = None, batch_size: int | None = None) -> Stream:  # fmt: skip
     """Yield ``(frame, detections)`` as they come (see :class:`Stream`)::
 
     with stream(open_source("clip.mp4"), detector, max_frames=50) as results:
@@ -440,5 +461,6 @@ def stream(frames: Iterable[Frame], detector: Detector, *, queue_size: int = 4,
 
     ``batch_size`` frames go through the model together (files and folders; a live
     source is always one newest frame at a time); pairs still come one by one, in order.
+    Default: :func:`default_batch_size` (1 on the CPU, 4 on CUDA).
     """
     return Stream(frames, detector, queue_size=queue_size, max_frames=max_frames, batch_size=batch_size)

@@ -192,10 +192,13 @@ def open_sinks(
     max_viewers: int = 32,
     codec: str = "auto",
     announce: Callable[[str], object] | None = None,
+    copy_frames: bool = False,
 ) -> list[Sink]:
     """The sinks a plan and the view options ask for, entered on ``stack``. Views open first and
     files last, so a view that cannot start touches no file. The video's codec is told once in one
-    line (``video: H.264 (libx264) -> runs/x.mp4``) to ``announce``, by default logged at INFO."""
+    line (``video: H.264 (libx264) -> runs/x.mp4``) to ``announce``, by default logged at INFO.
+    ``copy_frames``: the encoder thread gets its own copy of each image (other sinks, written
+    after it, may still draw on the frame)."""
     info = source.info
     sinks: list[Sink] = []
     files: list[VideoFileSink | ImageSink | JsonlSink] = []
@@ -232,8 +235,8 @@ def open_sinks(
         # Encoding runs in a thread of its own (OpenCV releases the GIL), on another core than
         # detection and drawing; the JSON line follows its frame there. Closed before the
         # files themselves, so they get every queued frame.
-        encoder = OffThreadSink(*files)
-        stack.callback(encoder.close)
+        encoder = OffThreadSink(*files, copy=copy_frames)
+        stack.push(encoder.__exit__)
         sinks.append(encoder)
     return sinks
 
@@ -277,6 +280,8 @@ def run(
     finalised (see :mod:`detector.io.sinks`).
     """
     start = time.perf_counter()
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if not isinstance(source, (ImageSource, VideoFileSource, LiveSource)):
         source = open_source(source)
     with contextlib.ExitStack() as stack:
@@ -286,7 +291,7 @@ def run(
         title = f"detector: {detector.name}"
         all_sinks = open_sinks(stack, source, plan or OutputPlan(None, None), serve=serve, show=show, title=title,
                                serve_token=serve_token, max_viewers=max_viewers, codec=codec,
-                               announce=announce)  # fmt: skip
+                               announce=announce, copy_frames=bool(sinks))  # fmt: skip
         for sink in sinks:
             all_sinks.append(stack.enter_context(sink) if isinstance(sink, contextlib.AbstractContextManager) else sink)
         info = source.info
@@ -317,7 +322,7 @@ def run(
 
         stats = run_pipeline(source, detector, write, render=render, max_frames=max_frames,
                              on_main_thread=on_main_thread if pumps else None,
-                             batch_size=batch_size or default_batch_size(detector))  # fmt: skip
+                             batch_size=default_batch_size(detector) if batch_size is None else batch_size)  # fmt: skip
         inner = [f for s in all_sinks for f in (s.sinks if isinstance(s, OffThreadSink) else (s,))]
         files = {type(s): s.path for s in inner if isinstance(s, (VideoFileSink, ImageSink, JsonlSink))}
     media = files.get(VideoFileSink, files.get(ImageSink))

@@ -145,3 +145,24 @@ def test_gpu_benchmark_script_runs(tmp_path: Path) -> None:
     rows = [line for line in done.stdout.splitlines() if line.startswith("| fasterrcnn_resnet50_fpn |")]
     assert len(rows) == 1 and "| random | fp32 | off | 2 |" in rows[0]
     assert "CPU" in done.stdout.splitlines()[0]  # the device is named
+
+
+def test_model_input_is_contiguous_float_and_bad_batch_sizes_raise() -> None:
+    seen: list[torch.Tensor] = []
+
+    class Look(nn.Module):
+        def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+            seen.extend(images)
+            return [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}
+                    for _ in images]  # fmt: skip
+
+    frame = np.random.default_rng(0).integers(0, 255, (6, 10, 3), dtype=np.uint8)
+    detector = Detector(Look(), device="cpu")
+    detector(frame)
+    (t,) = seen
+    assert t.dtype == torch.float32 and t.is_contiguous() and t.shape == (3, 6, 10)
+    np.testing.assert_array_equal(t.numpy(), frame[:, :, ::-1].transpose(2, 0, 1) / np.float32(255))
+    assert detector.preprocess([frame])[0].dtype == torch.uint8
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        run(detector, DEMO, sinks=[], batch_size=0, progress=False)
+    assert stream(frames([(8, 8)]), detector).batch_size == 1  # the CPU default

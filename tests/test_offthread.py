@@ -71,3 +71,27 @@ def test_run_writes_the_video_through_the_encoder_thread(tmp_path: Path) -> None
     cap.release()
     assert result.out == tmp_path / "o.avi" and n == 12
     assert not [t for t in threading.enumerate() if t.name == "detector-encode"]
+
+
+def test_copy_keeps_later_drawing_out_of_the_queued_frame() -> None:
+    seen: list[int] = []
+
+    class Recorder:
+        def write(self, frame: Frame, detections: Detections) -> None:
+            time.sleep(0.01)
+            seen.append(int(frame.image.max()))
+
+    off = OffThreadSink(Recorder(), copy=True)
+    f = frame(0)
+    off.write(f, Detections.empty())
+    f.image[:] = 255  # another sink drawing on the frame after the hand-over
+    off.close()
+    assert seen == [0]
+
+
+def test_close_while_unwinding_logs_instead_of_raising(caplog: pytest.LogCaptureFixture) -> None:
+    off = OffThreadSink(Slow(fail_at=0))
+    off.write(frame(0), Detections.empty())
+    with caplog.at_level("WARNING"):
+        off.__exit__(KeyboardInterrupt)  # the run is already stopping: the stop wins, the error is logged
+    assert "disk full" in caplog.text

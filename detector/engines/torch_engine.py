@@ -125,8 +125,14 @@ class TorchEngine:
 
     def __call__(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         start = time.perf_counter()
-        with torch.inference_mode(), self._autocast():
-            out = self.model(images)
+        try:
+            with torch.inference_mode(), self._autocast():
+                out = self.model(images)
+        except Exception as exc:
+            if self.compiled and type(exc).__module__.startswith(("torch._dynamo", "torch._inductor")):
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+                raise EngineError(f"torch.compile failed ({first}); run without --compile") from exc
+            raise
         if self._first_call:
             self._first_call = False
             self.warmup_seconds = time.perf_counter() - start
