@@ -166,3 +166,25 @@ def test_model_input_is_contiguous_float_and_bad_batch_sizes_raise() -> None:
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
         run(detector, DEMO, sinks=[], batch_size=0, progress=False)
     assert stream(frames([(8, 8)]), detector).batch_size == 1  # the CPU default
+
+
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")
+def test_eval_batches_images_of_one_size_and_equals_one_at_a_time() -> None:
+    from detector.eval import CocoEvaluator, load_dataset
+    from detector.eval.evaluator import size_batches
+
+    from .conftest import COCO_MINI, need
+
+    assert size_batches([1, 2, 3, 4, 5], ["a", "a", "b", "a", "a"], 4) == [[1, 2], [3], [4, 5]]
+    assert size_batches([1, 2, 3], ["a"] * 3, 2) == [[1, 2], [3]]
+    ann = need(COCO_MINI / "annotations" / "instances_val2017.json")
+    dataset = load_dataset(ann, COCO_MINI / "val2017", limit=6)
+    torch.manual_seed(0)
+    detector = Detector.from_config(tiny_config("fasterrcnn_resnet50_fpn", score_threshold=0.0))
+    results = {}
+    with torch.backends.mkldnn.flags(enabled=False):  # each image's convolutions alone: exact comparison
+        for size in (1, 3):
+            evaluator = CocoEvaluator(dataset, class_names=detector.class_names)
+            evaluator.run(detector, batch_size=size, progress=False)
+            results[size] = evaluator.results
+    assert len(results[1]) > 0 and results[3] == results[1]

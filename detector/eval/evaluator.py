@@ -84,6 +84,20 @@ class EvalReport:
         }
 
 
+def size_batches(ids: Sequence[int], sizes: Sequence[object], batch_size: int) -> list[list[int]]:
+    """Consecutive ``ids`` in batches of up to ``batch_size`` images of one size (as the ground
+    truth gives it): a batch of several sizes is padded to a common one, which changes results."""
+    batches: list[list[int]] = []
+    batch_sizes: list[object] = []
+    for image_id, size in zip(ids, sizes, strict=True):
+        if batches and len(batches[-1]) < batch_size and size == batch_sizes[-1]:
+            batches[-1].append(image_id)
+        else:
+            batches.append([image_id])
+            batch_sizes.append(size)
+    return batches
+
+
 class CocoEvaluator:
     """Collects detections per image and scores them against a COCO dataset."""
 
@@ -126,7 +140,8 @@ class CocoEvaluator:
         """
         rank, world = _world()
         ids = self.dataset.image_ids[rank::world]
-        batches = [ids[i : i + batch_size] for i in range(0, len(ids), batch_size)]
+        imgs = self.dataset.coco.imgs
+        batches = size_batches(ids, [(imgs[i].get("width"), imgs[i].get("height")) for i in ids], batch_size)
         speed = Speed()
         self.model_name = detector.name
         cuda = detector.device.type == "cuda"
