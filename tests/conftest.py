@@ -55,6 +55,32 @@ def read_frames(path: Path, indices: list[int]) -> list[np.ndarray]:
     return frames
 
 
+def read_video(path: Path) -> list[np.ndarray]:
+    """Every frame of a video, decoded in order by OpenCV."""
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    try:
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                return frames
+            frames.append(frame)
+    finally:
+        cap.release()
+
+
+def frames_in(path: Path) -> int:
+    """How many frames OpenCV decodes from a video (not the container's count)."""
+    cap = cv2.VideoCapture(str(path))
+    try:
+        n = 0
+        while cap.read()[0]:
+            n += 1
+        return n
+    finally:
+        cap.release()
+
+
 @pytest.fixture(scope="session")
 def video_frames() -> list[np.ndarray]:
     """Frames 0, 100 and 200 of the real pedestrian clip (768x576 BGR)."""

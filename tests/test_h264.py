@@ -22,7 +22,7 @@ from detector.io import Frame, VideoFileSink, sinks
 from detector.runner import run
 from detector.structures import Detections
 
-from .conftest import DEMO, TORCHSCRIPT, need
+from .conftest import DEMO, TORCHSCRIPT, need, read_video
 
 
 def pattern(w: int, h: int, i: int) -> np.ndarray:
@@ -40,19 +40,6 @@ def write(path: Path, frames: list[np.ndarray], fps: float = 10.0, **kwargs: obj
         for frame in frames:
             sink.write(frame)
     return sink
-
-
-def read_all(path: Path) -> list[np.ndarray]:
-    cap = cv2.VideoCapture(str(path))
-    frames = []
-    try:
-        while True:
-            ok, frame = cap.read()
-            if not ok:
-                return frames
-            frames.append(frame)
-    finally:
-        cap.release()
 
 
 def codec_of(path: Path) -> str:
@@ -85,7 +72,7 @@ def test_default_is_h264_and_reads_back(tmp_path: Path, suffix: str) -> None:
     assert codec_of(path) == "h264"
     with av.open(str(path)) as container:
         assert container.streams.video[0].codec_context.pix_fmt == "yuv420p"
-    frames = read_all(path)
+    frames = read_video(path)
     assert len(frames) == len(FRAMES) and frames[0].shape == (120, 160, 3)
     assert mean_abs_diff(FRAMES, frames) < 8
     if suffix != ".mkv":  # +faststart: the index (moov) before the data, so a browser plays while loading
@@ -97,7 +84,7 @@ def test_mp4v_on_request_and_avi_stays_mjpg(tmp_path: Path) -> None:
     sink = write(tmp_path / "old.mp4", FRAMES, codec="mp4v")
     assert (sink.codec, sink.codec_info) == ("mp4v", "MPEG-4 part 2 (mp4v)")
     assert codec_of(tmp_path / "old.mp4") == "mpeg4"
-    assert mean_abs_diff(FRAMES, read_all(tmp_path / "old.mp4")) < 8
+    assert mean_abs_diff(FRAMES, read_video(tmp_path / "old.mp4")) < 8
     sink = write(tmp_path / "clip.avi", FRAMES)
     assert (sink.codec, codec_of(tmp_path / "clip.avi")) == ("mjpg", "mjpeg")
 
@@ -118,7 +105,7 @@ def test_without_pyav_falls_back_to_mp4v(tmp_path: Path, monkeypatch: pytest.Mon
         sink = write(tmp_path / "a.mp4", FRAMES)
         mkv = write(tmp_path / "a.mkv", FRAMES)
     assert (sink.codec, sink.codec_info) == ("mp4v", "MPEG-4 part 2 (mp4v; install av for H.264)")
-    assert codec_of(tmp_path / "a.mp4") == "mpeg4" and len(read_all(tmp_path / "a.mp4")) == len(FRAMES)
+    assert codec_of(tmp_path / "a.mp4") == "mpeg4" and len(read_video(tmp_path / "a.mp4")) == len(FRAMES)
     assert (mkv.codec, mkv.codec_info) == ("mp4v", "MPEG-4 part 2 (XVID; install av for H.264)")
     # a PyAV without libx264
     monkeypatch.setattr(sinks, "_import_av", lambda: SimpleNamespace(codecs_available={"mpeg4"}))
@@ -145,7 +132,7 @@ def test_encoder_failure_falls_back_or_is_reported(
     caplog.set_level(logging.WARNING)
     sink = write(tmp_path / "a.mp4", FRAMES)
     assert sink.codec == "mp4v" and "H.264 encoder failed" in sink.codec_info
-    assert "H.264 encoder failed" in caplog.text and len(read_all(tmp_path / "a.mp4")) == len(FRAMES)
+    assert "H.264 encoder failed" in caplog.text and len(read_video(tmp_path / "a.mp4")) == len(FRAMES)
     with pytest.raises(SinkError) as err:
         VideoFileSink(tmp_path / "b.mp4", 10.0, (160, 120), codec="h264")
     assert "\n" not in str(err.value) and "--codec mp4v" in str(err.value)
@@ -157,7 +144,7 @@ def test_odd_size_is_cropped_to_even(tmp_path: Path, codec: str) -> None:
     frames = [pattern(321, 241, i) for i in range(20)]
     path = tmp_path / "odd.mp4"
     sink = write(path, frames, codec=codec)
-    read = read_all(path)
+    read = read_video(path)
     assert len(read) == 20 and read[0].shape == (240, 320, 3)  # yuv420p: the last column and row go
     assert mean_abs_diff(frames, read) < 8
     assert codec_of(path) == ("h264" if codec == "auto" else "mpeg4") and sink.size == (321, 241)
@@ -168,7 +155,7 @@ def test_sizes_with_padded_rows(tmp_path: Path, size: tuple[int, int]) -> None:
     """Widths whose planes PyAV pads for alignment (line size > width) are copied row by row."""
     frames = [pattern(*size, i) for i in range(12)]
     write(tmp_path / "p.mp4", frames)
-    read = read_all(tmp_path / "p.mp4")
+    read = read_video(tmp_path / "p.mp4")
     assert len(read) == 12 and read[0].shape == (size[1], size[0], 3)
     assert mean_abs_diff(frames, read) < 8
 
@@ -186,18 +173,18 @@ def test_written_under_a_temporary_name_and_renamed(tmp_path: Path) -> None:
         for frame in FRAMES[:5]:
             sink.write(frame)
         assert path.read_bytes() == b"earlier" and sinks.partial_path(path).exists()
-    assert sink.codec == "h264" and len(read_all(path)) == 5 and not list(tmp_path.glob("*partial*"))
+    assert sink.codec == "h264" and len(read_video(path)) == 5 and not list(tmp_path.glob("*partial*"))
     # an error after some frames: the earlier file stays, the new frames are beside it, finalised
     with pytest.raises(RuntimeError), VideoFileSink(path, 10.0, (160, 120)) as sink:
         for frame in FRAMES[:7]:
             sink.write(frame)
         raise RuntimeError("model failed")
-    assert len(read_all(path)) == 5
-    assert len(read_all(tmp_path / "v.incomplete.mp4")) == 7 and codec_of(tmp_path / "v.incomplete.mp4") == "h264"
+    assert len(read_video(path)) == 5
+    assert len(read_video(tmp_path / "v.incomplete.mp4")) == 7 and codec_of(tmp_path / "v.incomplete.mp4") == "h264"
     # an error before any frame: no temporary file is left, the earlier file stays
     with pytest.raises(RuntimeError), VideoFileSink(path, 10.0, (160, 120)):
         raise RuntimeError("model failed")
-    assert len(read_all(path)) == 5 and not list(tmp_path.glob("*partial*"))
+    assert len(read_video(path)) == 5 and not list(tmp_path.glob("*partial*"))
 
 
 def test_stopped_by_ctrl_c_is_finalised(tmp_path: Path) -> None:
@@ -207,7 +194,7 @@ def test_stopped_by_ctrl_c_is_finalised(tmp_path: Path) -> None:
         for frame in FRAMES:
             sink.write(frame)
         raise KeyboardInterrupt
-    read = read_all(path)
+    read = read_video(path)
     assert len(read) == len(FRAMES) and mean_abs_diff(FRAMES, read) < 8
     atoms = top_atoms(path)
     assert atoms.index("moov") < atoms.index("mdat") and not list(tmp_path.glob("*partial*"))
@@ -219,7 +206,7 @@ def test_timed_recording_repeats_frames(tmp_path: Path) -> None:
         for i, t in enumerate((10.0, 10.2, 10.5, 11.0)):  # a model at 2-5 fps on a 30 fps camera
             sink.write(Frame(i, t, FRAMES[i], "camera"), Detections.empty())
     assert sink.codec == "h264" and sink.frames == 31
-    read = read_all(path)
+    read = read_video(path)
     assert len(read) == 31, "1 s of recording at 30 fps (+ the last frame)"
     # frames 0-5 are the first frame, 6-14 the second, 15-29 the third, 30 the fourth
     for index, source in ((0, 0), (5, 0), (6, 1), (14, 1), (15, 2), (29, 2), (30, 3)):
@@ -253,7 +240,7 @@ def test_cli_codec_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str], monk
     assert main([*args, "--codec", "mp4v"]) == 0
     printed = capsys.readouterr().out
     assert f"video: MPEG-4 part 2 (mp4v) -> {out}\n" in printed and printed.count("video:") == 1
-    assert codec_of(out) == "mpeg4" and len(read_all(out)) == 2
+    assert codec_of(out) == "mpeg4" and len(read_video(out)) == 2
     # --codec h264 without PyAV: one line, before the model loads, nothing written
     monkeypatch.setitem(sys.modules, "av", None)
     assert main(["-q", *args[:-1], str(tmp_path / "h.mp4"), "--codec", "h264"]) == 2

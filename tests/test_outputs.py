@@ -22,7 +22,7 @@ from detector.errors import SinkError
 from detector.io import JsonlSink, VideoFileSink, open_source
 from detector.runner import plan_outputs
 
-from .conftest import COCO_MINI, DEMO, TORCHSCRIPT, VIDEO, need
+from .conftest import COCO_MINI, DEMO, TORCHSCRIPT, VIDEO, frames_in, need
 
 
 def digest(path: Path) -> str:
@@ -31,17 +31,6 @@ def digest(path: Path) -> str:
 
 def tree_digest(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): digest(p) for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def frames_in(path: Path) -> int:
-    cap = cv2.VideoCapture(str(path))
-    try:
-        n = 0
-        while cap.read()[0]:
-            n += 1
-        return n
-    finally:
-        cap.release()
 
 
 def coco_images(folder: Path, n: int = 2) -> list[Path]:

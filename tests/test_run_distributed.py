@@ -18,8 +18,8 @@ import torch
 
 from detector.cli import main
 
-from .conftest import COCO_MINI, DEMO, need
-from .test_outputs import digest, frames_in, tree_digest
+from .conftest import COCO_MINI, DEMO, frames_in, need
+from .test_outputs import digest, tree_digest
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # torchrun's default; one thread everywhere: identical numbers
 MODEL = ["--model", "d2go", "--score", "0.3"]  # real detections; deterministic

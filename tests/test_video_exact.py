@@ -18,7 +18,7 @@ from detector import Detections
 from detector.io import Frame, VideoFileSink, open_source
 from detector.io.sources import VideoFileSource
 
-from .conftest import DEMO, TORCHSCRIPT
+from .conftest import DEMO, TORCHSCRIPT, read_video
 
 
 def make_vfr_h264(path: Path, n: int = 300) -> None:
@@ -44,23 +44,10 @@ def make_vfr_h264(path: Path, n: int = 300) -> None:
             container.mux(packet)
 
 
-def sequential(path: Path) -> list[np.ndarray]:
-    cap = cv2.VideoCapture(str(path))
-    frames = []
-    try:
-        while True:
-            ok, frame = cap.read()
-            if not ok:
-                return frames
-            frames.append(frame)
-    finally:
-        cap.release()
-
-
 def test_start_is_exact_on_vfr_h264_with_b_frames(tmp_path: Path) -> None:
     path = tmp_path / "vfr.mp4"
     make_vfr_h264(path)
-    reference = sequential(path)
+    reference = read_video(path)
     assert len(reference) == 300
     for start in (45, 72, 135, 234, 281, 299):  # where a container seek lands 1-7 frames off
         with VideoFileSource(path, start=start, end=min(start + 3, 300)) as source:
