@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import cv2
@@ -54,6 +54,52 @@ def real_frame(index: int = 0) -> np.ndarray:
         return frame
     finally:
         cap.release()
+
+
+def decode(n: int, video: Path = VIDEO) -> list[np.ndarray]:
+    """The first ``n`` frames of ``video`` (fewer if it is shorter); exits when none can be read."""
+    cap = cv2.VideoCapture(str(video))
+    frames = []
+    try:
+        while len(frames) < n:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            frames.append(frame)
+    finally:
+        cap.release()
+    if not frames:
+        raise SystemExit(f"cannot read {video}; the benchmarks need ../shared beside the checkout (or a --video)")
+    return frames
+
+
+Box = tuple[tuple[int, int, int, int], str]
+
+
+def plain_loop(n: int, out: Path, boxes_of: Callable[[np.ndarray], Iterable[Box]]) -> float:
+    """What a hand-written OpenCV script does, one frame at a time and every stage in turn: read
+    ``VIDEO``, get ``(x1, y1, x2, y2), text`` boxes from ``boxes_of(frame)``, draw them, write mp4v.
+    Returns frames/s."""
+    start = time.perf_counter()
+    cap = cv2.VideoCapture(str(VIDEO))
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    writer = cv2.VideoWriter(str(out), cv2.VideoWriter.fourcc(*"mp4v"), fps, (w, h))
+    done = 0
+    try:
+        while done < n:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            for (x1, y1, x2, y2), text in boxes_of(frame):
+                cv2.rectangle(frame, (x1, y1), (x2, y2), (0, 255, 0), 2)
+                cv2.putText(frame, text, (x1, y1 - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 255, 0), 1)
+            writer.write(frame)
+            done += 1
+    finally:
+        cap.release()
+        writer.release()
+    return done / (time.perf_counter() - start)
 
 
 def machine() -> str:

@@ -25,9 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import cv2
 import torch
-from common import VIDEO, median
+from common import VIDEO, decode, median
 
 from detector import Detector, load_config
 from detector.models import MODELS
@@ -43,20 +42,6 @@ def device_name(device: torch.device) -> str:
 
     cpu = platform.processor() or platform.machine()
     return f"CPU {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-
-
-def decode(video: Path, n: int) -> list:
-    cap = cv2.VideoCapture(str(video))
-    frames = []
-    while len(frames) < n:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(frame)
-    cap.release()
-    if not frames:
-        raise SystemExit(f"cannot read {video}; pass --video PATH (default: vtest.avi in ../shared)")
-    return frames
 
 
 def sync(device: torch.device) -> None:
@@ -113,7 +98,7 @@ def main() -> None:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device here; pass --device cpu for a smoke run (figures then mean nothing)")
-    frames = decode(args.video, min(args.frames, 64))
+    frames = decode(min(args.frames, 64), args.video)
     compiles = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
     print(f"# detector GPU benchmark: {device_name(device)}")
     h, w = frames[0].shape[:2]

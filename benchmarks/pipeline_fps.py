@@ -15,26 +15,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import cv2
+import numpy as np
 import torch
-from common import SHARED, VIDEO, machine, median
+from common import SHARED, VIDEO, Box, decode, machine, median
+from common import plain_loop as common_plain_loop
 
 from detector import Detector, load_config
 from detector.runner import run
 
 MODEL = SHARED / "models" / "d2go_faster_rcnn_fbnetv3a_c4_coco_int8.torchscript.pt"
-
-
-def decode(n: int) -> list:
-    cap = cv2.VideoCapture(str(VIDEO))
-    frames = []
-    while len(frames) < n:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(frame)
-    cap.release()
-    return frames
 
 
 def model_only(model: torch.jit.ScriptModule, frames: list) -> float:
@@ -48,31 +37,15 @@ def model_only(model: torch.jit.ScriptModule, frames: list) -> float:
 
 def plain_loop(model: torch.jit.ScriptModule, n: int, out: Path) -> float:
     """What a hand-written OpenCV script does: one frame at a time, every stage in turn."""
-    start = time.perf_counter()
-    cap = cv2.VideoCapture(str(VIDEO))
-    fps = cap.get(cv2.CAP_PROP_FPS)
-    w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
-    writer = cv2.VideoWriter(str(out), cv2.VideoWriter.fourcc(*"mp4v"), fps, (w, h))
-    done = 0
-    try:
-        while done < n:
-            ok, frame = cap.read()
-            if not ok:
-                break
-            x = torch.from_numpy(frame[:, :, ::-1].copy()).permute(2, 0, 1).float() / 255
-            with torch.inference_mode():
-                det = model([x])[1][0]
-            for box, score in zip(det["boxes"].tolist(), det["scores"].tolist(), strict=True):
-                if score >= 0.5:
-                    x1, y1, x2, y2 = map(int, box)
-                    cv2.rectangle(frame, (x1, y1), (x2, y2), (0, 255, 0), 2)
-                    cv2.putText(frame, f"{score:.2f}", (x1, y1 - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 255, 0), 1)
-            writer.write(frame)
-            done += 1
-    finally:
-        cap.release()
-        writer.release()
-    return done / (time.perf_counter() - start)
+
+    def boxes_of(frame: np.ndarray) -> list[Box]:
+        x = torch.from_numpy(frame[:, :, ::-1].copy()).permute(2, 0, 1).float() / 255
+        with torch.inference_mode():
+            det = model([x])[1][0]
+        pairs = zip(det["boxes"].tolist(), det["scores"].tolist(), strict=True)
+        return [((int(x1), int(y1), int(x2), int(y2)), f"{s:.2f}") for (x1, y1, x2, y2), s in pairs if s >= 0.5]
+
+    return common_plain_loop(n, out, boxes_of)
 
 
 def main() -> None:
