@@ -126,14 +126,19 @@ class _Feed:
     """
 
     def __init__(self, frames: Iterable[Frame], stop: threading.Event, *, queue_size: int = 4,
-                 max_frames: int | None = None, stats: Stats | None = None) -> None:  # fmt: skip
+                 max_frames: int | None = None, stats: Stats | None = None, batch_size: int = 1) -> None:  # fmt: skip
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.live = bool(getattr(frames, "live", False))
+        self.batch_size = 1 if self.live else batch_size
+        self.depth = max(queue_size, 2 * batch_size)
+        """Frames the reader may decode ahead: enough to fill the next batch while this one runs."""
         if max_frames is not None:
             frames = islice(frames, max_frames)
         self._stop = stop
         self._stats = stats
         self._errors: list[Exception] = []
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=self.depth)
         self._direct: Iterator[Frame] | None = iter(frames) if self.live else None
         self._ended = False
         self._held: Frame | None = None
@@ -179,8 +184,8 @@ class _Feed:
             self._stats.add("decode", time.perf_counter() - t0)  # waiting for a frame newer than the last one
         return frame
 
-    def next_batch(self, size: int) -> list[Frame]:
-        """Up to ``size`` frames of one image size (empty when done). A batch ends early at
+    def next_batch(self) -> list[Frame]:
+        """Up to ``batch_size`` frames of one image size (empty when done). A batch ends early at
         the end of the source and before a frame of another size (image folders), which starts
         the next batch: padded to a common size, results would differ from one at a time.
         A live source gives one frame at a time: its frames must not wait for others.
@@ -189,7 +194,7 @@ class _Feed:
         if self._held is not None:
             batch.append(self._held)
             self._held = None
-        while len(batch) < (1 if self.live else size) and not self._ended:
+        while len(batch) < self.batch_size and not self._ended:
             frame = self.next()
             if frame is _DONE:
                 self._ended = True
@@ -234,28 +239,27 @@ def run_pipeline(
     max_frames: int | None = None,
     stats: Stats | None = None,
     on_main_thread: Callable[[], None] | None = None,
-    batch_size: int = 1,
+    batch_size: int | None = None,
 ) -> Stats:
     """Decode ``frames`` in a reader thread, detect here, and hand each result to
     ``render`` then ``consume`` in a writer thread, in order. ``on_main_thread`` is
     called in the calling thread before each frame is detected (may raise ``StopPipeline``).
 
-    ``batch_size`` frames go through the model together (the last batch may be smaller);
-    results still come out one frame at a time, in order. A batch holds frames of this one
-    source only, and a live source is always detected one newest frame at a time.
+    ``batch_size`` frames (default :func:`default_batch_size`) go through the model together
+    (the last batch may be smaller); results still come out one frame at a time, in order. A
+    batch holds frames of this one source only, and a live source is always detected one newest
+    frame at a time.
 
     A live source (``frames.live`` is true: it has its own capture thread that
     keeps only the newest frame) is read directly by the detecting thread, and
     results go to the writer through a one-slot queue, so nothing waits in a
     queue long enough to go stale.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     stats = stats or Stats()
     stop = threading.Event()
-    depth = max(queue_size, 2 * batch_size)  # the reader fills the next batch while this one runs
-    feed = _Feed(frames, stop, queue_size=depth, max_frames=max_frames, stats=stats)
-    detected: queue.Queue[Any] = queue.Queue(maxsize=1 if feed.live else depth)
+    feed = _Feed(frames, stop, queue_size=queue_size, max_frames=max_frames, stats=stats,
+                 batch_size=default_batch_size(detector) if batch_size is None else batch_size)  # fmt: skip
+    detected: queue.Queue[Any] = queue.Queue(maxsize=1 if feed.live else feed.depth)
 
     def write() -> None:
         while (item := _get(detected, stop)) is not _DONE:
@@ -276,7 +280,7 @@ def run_pipeline(
     feed.start()
     writer.start()
     try:
-        while batch := feed.next_batch(batch_size):
+        while batch := feed.next_batch():
             if on_main_thread is not None:  # e.g. a GUI window's event pump: toolkits want the main thread
                 on_main_thread()
             t0 = time.perf_counter()
@@ -401,14 +405,11 @@ class Stream:
 
     def __init__(self, frames: Iterable[Frame], detector: Detector, *, queue_size: int = 4,
                  max_frames: int | None = None, batch_size: int | None = None) -> None:  # fmt: skip
-        if batch_size is None:
-            batch_size = default_batch_size(detector)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.detector = detector
-        self.batch_size = batch_size
         self._stop = threading.Event()
-        self._feed = _Feed(frames, self._stop, queue_size=max(queue_size, 2 * batch_size), max_frames=max_frames)
+        self._feed = _Feed(frames, self._stop, queue_size=queue_size, max_frames=max_frames,
+                           batch_size=default_batch_size(detector) if batch_size is None else batch_size)  # fmt: skip
+        self.batch_size = self._feed.batch_size
         self._ready: collections.deque[tuple[Frame, Detections]] = collections.deque()
         self._started = self._closed = False
 
@@ -424,7 +425,7 @@ class Stream:
             self._started = True
             self._feed.start()
         try:
-            batch = self._feed.next_batch(self.batch_size)
+            batch = self._feed.next_batch()
         except _Stop:
             batch = []
         if not batch:

@@ -21,7 +21,7 @@ from .io.sinks import ImageSink, JsonlSink, VideoFileSink, check_video_codec, pr
 from .io.sources import ImageSource, VideoFileSource, open_source
 from .io.types import Frame
 from .models import Detector
-from .pipeline import OffThreadSink, Stats, default_batch_size, run_pipeline
+from .pipeline import OffThreadSink, Stats, run_pipeline
 from .render import annotate
 from .render.hud import Hud
 from .resources import DEMO_CLIP
@@ -322,7 +322,7 @@ def run(
 
         stats = run_pipeline(source, detector, write, render=render, max_frames=max_frames,
                              on_main_thread=on_main_thread if pumps else None,
-                             batch_size=default_batch_size(detector) if batch_size is None else batch_size)  # fmt: skip
+                             batch_size=batch_size)  # fmt: skip
         inner = [f for s in all_sinks for f in (s.sinks if isinstance(s, OffThreadSink) else (s,))]
         files = {type(s): s.path for s in inner if isinstance(s, (VideoFileSink, ImageSink, JsonlSink))}
     media = files.get(VideoFileSink, files.get(ImageSink))
