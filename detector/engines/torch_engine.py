@@ -114,7 +114,6 @@ class TorchEngine:
             log.warning("%s: no backbone/head found; autocast covers the whole model", type(model).__name__)
             self._whole_model_autocast = True
         self.compiled = compile_parts(model) if compile else []
-        self._first_call = bool(self.compiled)
         self.warmup_seconds: float | None = None
         """With ``compile``: how long the first call took (compiling included)."""
 
@@ -133,8 +132,7 @@ class TorchEngine:
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
                 raise EngineError(f"torch.compile failed ({first}); run without --compile") from exc
             raise
-        if self._first_call:
-            self._first_call = False
+        if self.compiled and self.warmup_seconds is None:
             self.warmup_seconds = time.perf_counter() - start
             log.info("torch.compile: the first call took %.1f s (compiling %s)", self.warmup_seconds,
                      " and ".join(type(m).__name__ for m in self.compiled))  # fmt: skip
