@@ -4,7 +4,9 @@ ours -- decode, preprocess, post-process, draw, encode, JSON -- never the model'
 
 Real video (../shared/data/video/vtest.avi, 768x576, 795 frames) on CPU. Rows: mp4 +
 JSONL (the CLI's default: H.264; and mp4v), avi (MJPG) + JSONL, JSONL only, no output; and
-a plain one-thread OpenCV loop (read, draw the same two boxes, write mp4v) for comparison.
+a plain one-thread OpenCV loop (read, draw the same two boxes, write mp4v) for comparison. CPU ms/frame counts
+every thread of the process (``time.process_time()``). ``--two-processes`` also runs the plain
+loop alone and as two processes at once, to show whether this machine's cores scale.
 
     .venv/bin/python benchmarks/ceiling.py [--frames 795] [--rounds 3]
 """
@@ -12,7 +14,10 @@ a plain one-thread OpenCV loop (read, draw the same two boxes, write mp4v) for c
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -54,10 +59,13 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=795)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--stages", action="store_true", help="also print the stage table of the last H.264 + JSONL run")
+    ap.add_argument("--two-processes", action="store_true",
+                    help="also time the plain loop alone and as two processes at once")  # fmt: skip
     args = ap.parse_args()
     detector = Detector(Instant(), name="instant", device="cpu")
     float_detector = Detector(FloatInstant(), name="instant-float", device="cpu")
     rows: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}  # CPU ms per frame, all threads of this process
     last_stats = None
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
@@ -76,19 +84,39 @@ def main() -> None:
         for _ in range(args.rounds):  # interleaved, so drift hits every row alike
             for name, kwargs in cases.items():
                 model = float_detector if "float" in name else detector
+                c0 = time.process_time()
                 r = run(model, VIDEO, max_frames=args.frames, progress=False, **kwargs)
+                cpu.setdefault(name, []).append((time.process_time() - c0) / r.frames * 1000)
                 rows.setdefault(name, []).append(r.frames / r.seconds)
                 if name == "run(): mp4 (H.264) + JSONL":
                     last_stats = r.stats
-            rows.setdefault("plain OpenCV loop: mp4v", []).append(plain_loop(args.frames, d / "p.mp4"))
+            c0, t0 = time.process_time(), time.perf_counter()
+            fps = plain_loop(args.frames, d / "p.mp4")
+            done = fps * (time.perf_counter() - t0)  # frames the loop wrote (the video may be shorter)
+            rows.setdefault("plain OpenCV loop: mp4v", []).append(fps)
+            cpu.setdefault("plain OpenCV loop: mp4v", []).append((time.process_time() - c0) / done * 1000)
     print(f"# pipeline ceiling: instant model, {args.frames} frames of vtest.avi (768x576), {machine()}")
     print(f"median of {args.rounds} rounds, interleaved\n")
-    print("| what | frames/s |")
-    print("|---|---:|")
+    print("| what | frames/s | CPU ms/frame |")
+    print("|---|---:|---:|")
     for name, values in rows.items():
-        print(f"| {name} | {median(values):.0f} |")
+        print(f"| {name} | {median(values):.0f} | {median(cpu[name]):.1f} |")
+    if args.two_processes:
+        alone = _plain_loops(1, args.frames)
+        together = _plain_loops(2, args.frames)
+        print(f"\nplain loop in its own process: {alone[0]:.0f} frames/s; two such processes at once: "
+              f"{' and '.join(f'{v:.0f}' for v in together)} frames/s")  # fmt: skip
     if args.stages and last_stats is not None:
         print("\n" + last_stats.table())
+
+
+def _plain_loops(n: int, frames: int) -> list[float]:
+    """frames/s of ``n`` plain loops, each in its own Python process, started together."""
+    code = (f"import sys, tempfile, pathlib; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+            "from ceiling import plain_loop; "
+            f"print(plain_loop({frames}, pathlib.Path(tempfile.mkdtemp()) / 'p.mp4'))")  # fmt: skip
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(n)]
+    return [float(p.communicate()[0]) for p in procs]
 
 
 class _Jsonl:
