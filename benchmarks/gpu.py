@@ -68,16 +68,41 @@ def model_only(detector: Detector, frames: list, batch: int, rounds: int) -> tup
     return median(results), warm
 
 
-def end_to_end(detector: Detector, video: Path, frames: int, batch: int, rounds: int, tmp: Path) -> tuple[float, str]:
-    run(detector, video, out=tmp / "w.mp4", json=tmp / "w.jsonl", max_frames=2 * batch, batch_size=batch,
-        progress=False)  # warm-up  # fmt: skip
-    results, table = [], ""
+def end_to_end(detector: Detector, video: Path, frames: int, batch: int, threads: int, rounds: int, tmp: Path
+               ) -> tuple[float, float, str]:  # fmt: skip
+    run(detector, video, out=tmp / "w.mp4", json=tmp / "w.jsonl", max_frames=2 * batch * threads, batch_size=batch,
+        detect_threads=threads, progress=False)  # warm-up  # fmt: skip
+    results, table, boxes = [], "", 0.0
     for i in range(rounds):
         r = run(detector, video, out=tmp / f"e{i}.mp4", json=tmp / f"e{i}.jsonl", max_frames=frames,
-                batch_size=batch, progress=False)  # fmt: skip
+                batch_size=batch, detect_threads=threads, progress=False)  # fmt: skip
         results.append(r.frames / r.seconds)
-        table = r.stats.table()
-    return median(results), table
+        table, boxes = r.stats.table(), r.detections / r.frames
+    return median(results), boxes, table
+
+
+def profile(detector: Detector, frames: list, batch: int) -> None:
+    """Where a batch's time goes: wall time against the GPU's busy time, and the top operators."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    tensors = detector.preprocess(frames[:batch])
+    for _ in range(3):
+        detector.postprocess(detector.forward(tensors))
+    sync(detector.device)
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        for _ in range(5):
+            detector.postprocess(detector.forward(tensors))
+        sync(detector.device)
+        wall = (time.perf_counter() - start) / 5
+    events = prof.key_averages()
+    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]  # not the ops that launch them
+    gpu_us = sum(e.self_device_time_total for e in kernels) / 5
+    print(f"\nprofile, batch {batch}: {wall * 1000:.1f} ms per batch wall, GPU busy {gpu_us / 1000:.1f} ms "
+          f"({gpu_us / 1000 / (wall * 1000):.0%})")  # fmt: skip
+    print(events.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60))
+    print(events.table(sort_by="self_device_time_total", row_limit=15, max_name_column_width=60))
 
 
 def main() -> None:
@@ -94,8 +119,17 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--video", type=Path, default=VIDEO, help="a real video (default: ../shared's vtest.avi)")
     ap.add_argument("--stages", action="store_true", help="print the stage table of every end-to-end row")
+    ap.add_argument("--max-detections", type=int, default=100,
+                    help="keep at most N boxes per frame (default 100, the models' cap; random weights fill it, far "
+                         "more than COCO weights give on a street scene, and drawing costs CPU time)")  # fmt: skip
+    ap.add_argument("--detect-threads", nargs="*", type=int, default=[1, 2],
+                    help="end to end: batches detected at once (run's detect_threads); model only: one")  # fmt: skip
+    ap.add_argument("--channels-last", action="store_true", help="the model in channels-last memory format")
+    ap.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN time its algorithms per input size")
+    ap.add_argument("--profile", action="store_true", help="print where the largest batch's time goes (torch.profiler)")
     args = ap.parse_args()
     device = torch.device(args.device)
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device here; pass --device cpu for a smoke run (figures then mean nothing)")
     frames = decode(min(args.frames, 64), args.video)
@@ -103,10 +137,12 @@ def main() -> None:
     print(f"# detector GPU benchmark: {device_name(device)}")
     h, w = frames[0].shape[:2]
     print(f"{args.video.name} {w}x{h}, min_size {args.min_size}, model only on {len(frames)} frames, end to end on "
-          f"{args.frames} frames (mp4 + JSONL), median of {args.rounds} rounds\n")  # fmt: skip
-    print("| model | weights | precision | compile | batch | model only, frames/s | end to end, frames/s "
-          "| first batch, s |")  # fmt: skip
-    print("|---|---|---|---|---:|---:|---:|---:|")
+          f"{args.frames} frames (mp4 + JSONL), median of {args.rounds} rounds, max detections "
+          f"{args.max_detections}, cuDNN benchmark {'on' if args.cudnn_benchmark else 'off'}, channels-last "
+          f"{'on' if args.channels_last else 'off'}\n")  # fmt: skip
+    print("| model | weights | precision | compile | batch | model only, frames/s | detect threads "
+          "| end to end, frames/s | boxes/frame | first batch, s |")  # fmt: skip
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         for name, precision, compiled in itertools.product(args.models, args.precisions, compiles):
             if precision == "fp16" and device.type != "cuda":
@@ -114,18 +150,22 @@ def main() -> None:
             weights = "random" if W.find_local(MODELS[name]) is None else None
             cfg = load_config(None, {"model": name, "weights": weights, "device": args.device, "precision": precision,
                                      "min_size": args.min_size, "max_size": args.max_size,
-                                     "compile": compiled})  # fmt: skip
+                                     "compile": compiled, "max_detections": args.max_detections,
+                                     "channels_last": args.channels_last})  # fmt: skip
             torch.manual_seed(0)
             detector = Detector.from_config(cfg, progress=False)
             for batch in args.batches:
                 mo, warm = model_only(detector, frames, batch, args.rounds)
-                e2e, table = end_to_end(detector, args.video, args.frames, batch, args.rounds, Path(tmp))
-                warm_text = f"{warm:.1f}"
                 kind = "COCO" if weights is None else "random"
-                print(f"| {name} | {kind} | {precision} | {'on' if compiled else 'off'} | {batch} | {mo:.1f} "
-                      f"| {e2e:.1f} | {warm_text} |", flush=True)  # fmt: skip
-                if args.stages:
-                    print("\n" + table + "\n", flush=True)
+                for threads in args.detect_threads:
+                    e2e, boxes, table = end_to_end(detector, args.video, args.frames, batch, threads, args.rounds,
+                                                   Path(tmp))  # fmt: skip
+                    print(f"| {name} | {kind} | {precision} | {'on' if compiled else 'off'} | {batch} | {mo:.1f} "
+                          f"| {threads} | {e2e:.1f} | {boxes:.1f} | {warm:.1f} |", flush=True)  # fmt: skip
+                    if args.stages:
+                        print("\n" + table + "\n", flush=True)
+            if args.profile:
+                profile(detector, frames, max(args.batches))
             del detector
             torch._dynamo.reset()  # compiled graphs of this model must not count against the next one's
             if device.type == "cuda":

@@ -402,7 +402,8 @@ def _run_videos(
                 raise
             log.info("%s -> %s", video, media)
             result = run(detector, source, plan=outputs, max_frames=args.max_frames, progress=progress, hud=args.hud,
-                         batch_size=args.batch_size, codec=args.codec)  # fmt: skip
+                         batch_size=args.batch_size, detect_threads=args.detect_threads,
+                         codec=args.codec)  # fmt: skip
             outcome.add(result, keep_stats=args.stats is not None)
             outcome.videos += 1
     except Exception as exc:
@@ -424,7 +425,7 @@ def _run_images(
                 prepare_output(part)
             source = ImageShare(paths, plan.origin, plan.base, group.rank, group.size)
             result = run(detector, source, plan=OutputPlan(plan.outputs.out, part), progress=progress, hud=args.hud,
-                         batch_size=args.batch_size)  # fmt: skip
+                         batch_size=args.batch_size, detect_threads=args.detect_threads)  # fmt: skip
             outcome.add(result, keep_stats=args.stats is not None)
     except Exception as exc:
         outcome.error = _describe(exc)

@@ -99,6 +99,8 @@ def _get(q: queue.Queue[Any], stop: threading.Event) -> Any:
 
 
 class _Worker(threading.Thread):
+    """A stage's thread: an exception other than ``_Stop`` is kept in ``error`` and sets ``stop``."""
+
     def __init__(self, name: str, target: Callable[[], None], stop: threading.Event) -> None:
         super().__init__(name=name, daemon=True)
         self._target_fn = target
@@ -240,15 +242,23 @@ def run_pipeline(
     stats: Stats | None = None,
     on_main_thread: Callable[[], None] | None = None,
     batch_size: int | None = None,
+    detect_threads: int | None = None,
 ) -> Stats:
     """Decode ``frames`` in a reader thread, detect here, and hand each result to
     ``render`` then ``consume`` in a writer thread, in order. ``on_main_thread`` is
-    called in the calling thread before each frame is detected (may raise ``StopPipeline``).
+    called in the calling thread before each batch it detects (may raise ``StopPipeline``).
 
     ``batch_size`` frames (default :func:`default_batch_size`) go through the model together
     (the last batch may be smaller); results still come out one frame at a time, in order. A
     batch holds frames of this one source only, and a live source is always detected one newest
     frame at a time.
+
+    ``detect_threads`` batches (default :func:`default_detect_threads`: 1) are detected at once:
+    this thread and ``detect_threads - 1`` more, each on a CUDA stream of its own, so one
+    batch's GPU work runs while another's Python-side steps (torchvision's per-image
+    proposal filtering and NMS, which wait for the GPU) run on the CPU. Results are handed on
+    in frame order all the same; a model error in any of them still lets every batch before
+    the failed one through.
 
     A live source (``frames.live`` is true: it has its own capture thread that
     keeps only the newest frame) is read directly by the detecting thread, and
@@ -259,7 +269,11 @@ def run_pipeline(
     stop = threading.Event()
     feed = _Feed(frames, stop, queue_size=queue_size, max_frames=max_frames, stats=stats,
                  batch_size=default_batch_size(detector) if batch_size is None else batch_size)  # fmt: skip
-    detected: queue.Queue[Any] = queue.Queue(maxsize=1 if feed.live else feed.depth)
+    threads = default_detect_threads(detector) if detect_threads is None else detect_threads
+    if threads < 1:
+        raise ValueError(f"detect_threads must be at least 1, got {threads}")
+    threads = 1 if feed.live else threads
+    detected: queue.Queue[Any] = queue.Queue(maxsize=1 if feed.live else feed.depth * threads)
 
     def write() -> None:
         while (item := _get(detected, stop)) is not _DONE:
@@ -275,43 +289,157 @@ def run_pipeline(
             stats.latency_ms.append((t1 - (frame.captured_at or t1)) * 1000)
             stats.frames += 1
 
+    def detect(batch: list[Frame]) -> list[Detections]:
+        t0 = time.perf_counter()
+        tensors = detector.preprocess([frame.image for frame in batch])
+        t1 = time.perf_counter()
+        outputs = detector.forward(tensors)
+        t2 = time.perf_counter()
+        results = detector.postprocess(outputs)
+        t3 = time.perf_counter()
+        n = len(batch)  # stage times are per frame: a batch's time is shared by its frames
+        for _ in batch:
+            stats.add("preprocess", (t1 - t0) / n)
+            stats.add("inference", (t2 - t1) / n)
+            stats.add("postprocess", (t3 - t2) / n)
+        return results
+
+    order = _InOrder(threads, stop)
+
+    def detect_loop(main: bool) -> None:
+        with _own_cuda_stream(detector, enabled=threads > 1):
+            while not order.failed.is_set():
+                if main and on_main_thread is not None:  # e.g. a GUI window's event pump: toolkits want the main thread
+                    on_main_thread()
+                with order.taking():
+                    batch, turn = feed.next_batch(), order.ticket()
+                if not batch:
+                    return
+                try:
+                    results = detect(batch)
+                except BaseException:
+                    order.fail(turn)  # earlier batches are still handed on, later ones not
+                    raise
+                with order.turn(turn):
+                    for frame, dets in zip(batch, results, strict=True):
+                        _put(detected, (frame, dets), stop)
+
+    def helper_loop() -> None:
+        try:
+            detect_loop(False)
+        except BaseException:
+            if not order.failed.is_set():  # not the model (that was recorded with its batch): stop here
+                order.fail(None)
+            raise
+
+    # an error in a helper sets order.failed, not stop: this thread then raises it, and the batches
+    # before the failed one are still written, as when the model fails in this thread
+    helpers = [_Worker(f"detector-detect-{i}", helper_loop, order.failed) for i in range(1, threads)]
     writer = _Worker("detector-write", write, stop)
     begin = time.perf_counter()
     feed.start()
     writer.start()
     try:
-        while batch := feed.next_batch():
-            if on_main_thread is not None:  # e.g. a GUI window's event pump: toolkits want the main thread
-                on_main_thread()
-            t0 = time.perf_counter()
-            tensors = detector.preprocess([frame.image for frame in batch])
-            t1 = time.perf_counter()
-            outputs = detector.forward(tensors)
-            t2 = time.perf_counter()
-            results = detector.postprocess(outputs)
-            t3 = time.perf_counter()
-            n = len(batch)  # stage times are per frame: a batch's time is shared by its frames
-            for _ in batch:
-                stats.add("preprocess", (t1 - t0) / n)
-                stats.add("inference", (t2 - t1) / n)
-                stats.add("postprocess", (t3 - t2) / n)
-            for frame, dets in zip(batch, results, strict=True):
-                _put(detected, (frame, dets), stop)
+        for helper in helpers:
+            helper.start()
+        detect_loop(True)
+        for helper in helpers:
+            helper.join()
+        order.raise_error(helpers)
         _put(detected, _DONE, stop)
         writer.join()  # let the writer drain what is queued
     except (_Stop, StopPipeline):
         pass
-    except BaseException:
+    except BaseException as exc:
+        if not order.failed.is_set():  # Ctrl-C, say (a model error was recorded with its batch)
+            order.fail(None)  # the other detecting threads hand on nothing new
+        for helper in helpers:
+            helper.join()
         _drain(detected, writer, stop)  # a model error or Ctrl-C: what was detected is still written
+        if isinstance(exc, _Failed):  # a helper's model error
+            order.raise_error(helpers)
         raise
     finally:
         feed.close()
+        for helper in helpers:
+            helper.join()
         writer.join()
         stats.seconds = time.perf_counter() - begin
     if writer.error is not None and not isinstance(writer.error, StopPipeline):
         raise writer.error
+    order.raise_error(helpers)
     feed.raise_errors()
     return stats
+
+
+class _InOrder:
+    """Detecting threads take batches in turn and hand results on in the same order."""
+
+    def __init__(self, threads: int, stop: threading.Event) -> None:
+        self._take = threading.Lock() if threads > 1 else contextlib.nullcontext()
+        self._cond = threading.Condition()
+        self._issued = 0
+        self._next = 0
+        self._stop = stop
+        self._failed_at = float("inf")
+        self.failed = threading.Event()
+        """Set by :meth:`fail`: no thread takes a new batch."""
+
+    def taking(self) -> contextlib.AbstractContextManager[Any]:
+        return self._take
+
+    def ticket(self) -> int:
+        self._issued += 1
+        return self._issued - 1
+
+    def fail(self, ticket: int | None) -> None:
+        """Batch ``ticket`` failed: those before it are still handed on, none after it. ``None``:
+        the calling thread stops (Ctrl-C, an error): nothing not handed on yet is."""
+        with self._cond:
+            self._failed_at = min(self._failed_at, self._next - 1 if ticket is None else ticket)
+            self.failed.set()
+            self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def turn(self, ticket: int) -> Iterator[None]:
+        """Wait until every earlier batch was handed on, then hold the turn while this one is."""
+        with self._cond:
+            while self._next != ticket:
+                if self._stop.is_set():
+                    raise _Stop
+                if ticket > self._failed_at:
+                    raise _Failed
+                self._cond.wait(POLL_S)
+            if ticket > self._failed_at:
+                raise _Failed
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._next += 1
+                self._cond.notify_all()
+
+    def raise_error(self, helpers: list[_Worker]) -> None:
+        for helper in helpers:
+            if helper.error is not None and not isinstance(helper.error, (_Failed, StopPipeline)):
+                raise helper.error
+
+
+class _Failed(Exception):
+    """Another detecting thread failed: this one stops without handing on more results."""
+
+
+@contextlib.contextmanager
+def _own_cuda_stream(detector: Detector, *, enabled: bool) -> Iterator[None]:
+    """Run this thread's CUDA work on a stream of its own (thread-local), so that detecting
+    threads overlap on the GPU; a no-op on the CPU."""
+    if not enabled or detector.device.type != "cuda":
+        yield
+        return
+    import torch
+
+    with torch.cuda.stream(torch.cuda.Stream(detector.device)):
+        yield
 
 
 class OffThreadSink:
@@ -385,11 +513,21 @@ class OffThreadSink:
         self.close(report=exc_type is None)
 
 
+def default_detect_threads(detector: Detector) -> int:
+    """Batches detected at once when none is given: 1. On an H100, torchvision's Faster R-CNN
+    leaves the GPU idle half of the time while Python filters proposals and waits for results
+    (``benchmarks/gpu.py --profile``), and 2 threads gained 3-21% end to end for the Faster
+    R-CNNs but lost 14% for RetinaNet (the GIL is shared with decoding and drawing), so more
+    is opt-in; on the CPU the cores are busy anyway."""
+    return 1
+
+
 def default_batch_size(detector: Detector) -> int:
     """Frames per forward pass when none is given: 1 on the CPU, where a batch is no faster
-    per frame and only adds latency; 4 on CUDA (a conservative choice, not yet measured:
-    ``benchmarks/gpu.py`` measures 1/4/8/16)."""
-    return 4 if detector.device.type == "cuda" else 1
+    per frame and only adds latency; 8 on CUDA, measured on an H100 with ``benchmarks/gpu.py``
+    (Faster R-CNN fp16 at min_size 800: batch 1 ~55, 4 ~114, 8 ~120-176, 16 ~158-174 frames/s
+    model only; 16 doubles the latency for little more)."""
+    return 8 if detector.device.type == "cuda" else 1
 
 
 class Stream:
@@ -462,6 +600,6 @@ def stream(frames: Iterable[Frame], detector: Detector, *, queue_size: int = 4,
 
     ``batch_size`` frames go through the model together (files and folders; a live
     source is always one newest frame at a time); pairs still come one by one, in order.
-    Default: :func:`default_batch_size` (1 on the CPU, 4 on CUDA).
+    Default: :func:`default_batch_size` (1 on the CPU, 8 on CUDA).
     """
     return Stream(frames, detector, queue_size=queue_size, max_frames=max_frames, batch_size=batch_size)

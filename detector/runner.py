@@ -257,6 +257,7 @@ def run(
     progress: bool = True,
     plan: OutputPlan | None = None,
     batch_size: int | None = None,
+    detect_threads: int | None = None,
     codec: str = "auto",
     announce: Callable[[str], object] | None = None,
 ) -> RunResult:
@@ -270,8 +271,10 @@ def run(
     ``serve_token`` and ``max_viewers`` configure the browser view (see
     :class:`detector.io.browser.BrowserSink`). ``hud`` draws a status line on every frame.
     ``batch_size`` frames of a file or folder go through the model together (default
-    :func:`detector.pipeline.default_batch_size`: 1 on CPU, 4 on CUDA); live sources are
-    always detected one newest frame at a time.
+    :func:`detector.pipeline.default_batch_size`: 1 on CPU, 8 on CUDA); live sources are
+    always detected one newest frame at a time. ``detect_threads`` batches are detected at
+    once, each in a thread and CUDA stream of its own (default 1; see
+    :func:`detector.pipeline.default_detect_threads`).
     ``codec`` (``auto``, ``h264``, ``mp4v``) picks the video's codec (see
     :class:`~detector.io.sinks.VideoFileSink`); the one used is told in one line to ``announce``
     (e.g. ``print``), else logged at INFO on ``detector.runner`` (silent unless logging is set up).
@@ -282,6 +285,8 @@ def run(
     start = time.perf_counter()
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if detect_threads is not None and detect_threads < 1:
+        raise ValueError(f"detect_threads must be at least 1, got {detect_threads}")
     if not isinstance(source, (ImageSource, VideoFileSource, LiveSource)):
         source = open_source(source)
     with contextlib.ExitStack() as stack:
@@ -322,7 +327,7 @@ def run(
 
         stats = run_pipeline(source, detector, write, render=render, max_frames=max_frames,
                              on_main_thread=on_main_thread if pumps else None,
-                             batch_size=batch_size)  # fmt: skip
+                             batch_size=batch_size, detect_threads=detect_threads)  # fmt: skip
         inner = [f for s in all_sinks for f in (s.sinks if isinstance(s, OffThreadSink) else (s,))]
         files = {type(s): s.path for s in inner if isinstance(s, (VideoFileSink, ImageSink, JsonlSink))}
     media = files.get(VideoFileSink, files.get(ImageSink))
