@@ -315,10 +315,12 @@ def run_pipeline(
                     batch, turn = feed.next_batch(), order.ticket()
                 if not batch:
                     return
+                if order.dropped(turn):  # a batch before it failed (or Ctrl-C): not worth detecting
+                    raise _Failed
                 try:
                     results = detect(batch)
-                except BaseException:
-                    order.fail(turn)  # earlier batches are still handed on, later ones not
+                except BaseException as exc:
+                    order.fail(turn, exc)  # earlier batches are still handed on, later ones not
                     raise
                 with order.turn(turn):
                     for frame, dets in zip(batch, results, strict=True):
@@ -327,9 +329,11 @@ def run_pipeline(
     def helper_loop() -> None:
         try:
             detect_loop(False)
-        except BaseException:
+        except _Stop:  # another stage stopped everyone: its error is the one to raise
+            raise
+        except BaseException as exc:
             if not order.failed.is_set():  # not the model (that was recorded with its batch): stop here
-                order.fail(None)
+                order.fail(None, exc)
             raise
 
     # an error in a helper sets order.failed, not stop: this thread then raises it, and the batches
@@ -345,7 +349,8 @@ def run_pipeline(
         detect_loop(True)
         for helper in helpers:
             helper.join()
-        order.raise_error(helpers)
+        if order.error is not None:  # a helper's model error
+            raise order.error
         _put(detected, _DONE, stop)
         writer.join()  # let the writer drain what is queued
     except (_Stop, StopPipeline):
@@ -356,9 +361,10 @@ def run_pipeline(
         for helper in helpers:
             helper.join()
         _drain(detected, writer, stop)  # a model error or Ctrl-C: what was detected is still written
-        if isinstance(exc, _Failed):  # a helper's model error
-            order.raise_error(helpers)
-        raise
+        if order.error is not None and not isinstance(exc, KeyboardInterrupt):
+            raise order.error from None  # the error of the first batch that failed, in whichever thread
+        if not isinstance(exc, _Failed):  # (_Failed without an error: another stage stopped; raised below)
+            raise
     finally:
         feed.close()
         for helper in helpers:
@@ -367,7 +373,6 @@ def run_pipeline(
         stats.seconds = time.perf_counter() - begin
     if writer.error is not None and not isinstance(writer.error, StopPipeline):
         raise writer.error
-    order.raise_error(helpers)
     feed.raise_errors()
     return stats
 
@@ -384,6 +389,8 @@ class _InOrder:
         self._failed_at = float("inf")
         self.failed = threading.Event()
         """Set by :meth:`fail`: no thread takes a new batch."""
+        self.error: BaseException | None = None
+        """The error of the earliest batch that failed (by frame order, not by time)."""
 
     def taking(self) -> contextlib.AbstractContextManager[Any]:
         return self._take
@@ -392,37 +399,38 @@ class _InOrder:
         self._issued += 1
         return self._issued - 1
 
-    def fail(self, ticket: int | None) -> None:
-        """Batch ``ticket`` failed: those before it are still handed on, none after it. ``None``:
-        the calling thread stops (Ctrl-C, an error): nothing not handed on yet is."""
+    def fail(self, ticket: int | None, error: BaseException | None = None) -> None:
+        """Batch ``ticket`` failed with ``error``: those before it are still handed on, none after
+        it. ``None``: the calling thread stops (Ctrl-C, an error): nothing not handed on yet is."""
         with self._cond:
-            self._failed_at = min(self._failed_at, self._next - 1 if ticket is None else ticket)
+            at = self._next - 1 if ticket is None else ticket
+            if error is not None and at < self._failed_at:
+                self.error = error
+            self._failed_at = min(self._failed_at, at)
             self.failed.set()
             self._cond.notify_all()
+
+    def dropped(self, ticket: int) -> bool:
+        return ticket > self._failed_at
 
     @contextlib.contextmanager
     def turn(self, ticket: int) -> Iterator[None]:
         """Wait until every earlier batch was handed on, then hold the turn while this one is."""
         with self._cond:
-            while self._next != ticket:
+            while True:
                 if self._stop.is_set():
                     raise _Stop
                 if ticket > self._failed_at:
                     raise _Failed
+                if self._next == ticket:
+                    break
                 self._cond.wait(POLL_S)
-            if ticket > self._failed_at:
-                raise _Failed
         try:
             yield
         finally:
             with self._cond:
                 self._next += 1
                 self._cond.notify_all()
-
-    def raise_error(self, helpers: list[_Worker]) -> None:
-        for helper in helpers:
-            if helper.error is not None and not isinstance(helper.error, (_Failed, StopPipeline)):
-                raise helper.error
 
 
 class _Failed(Exception):

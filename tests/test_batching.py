@@ -256,3 +256,57 @@ def test_detect_threads_default_and_bad_values(tmp_path: Path, capsys: pytest.Ca
     assert main(["run", str(DEMO), "--detect-threads", "0", "--out", str(tmp_path / "o.mp4")]) != 0
     assert capsys.readouterr().err.strip().splitlines()[-1] == "error: --detect-threads must be at least 1, got 0"
     assert not list(tmp_path.iterdir())
+
+
+class Raising:
+    """A consume callback that raises ``error`` at its ``at``-th frame."""
+
+    def __init__(self, error: BaseException, at: int) -> None:
+        self.error, self.at, self.seen = error, at, []
+
+    def __call__(self, frame: Frame, dets: object) -> None:
+        if len(self.seen) == self.at:
+            raise self.error
+        self.seen.append(frame.index)
+
+
+@pytest.mark.parametrize("kind", ["sink-error", "stop", "ctrl-c"])
+def test_detect_threads_errors_from_the_writer_reach_the_caller_as_they_are(kind: str) -> None:
+    """A sink's error, a sink's StopPipeline and a Ctrl-C in the writer are what the caller gets,
+    never the threads' private signals, whichever thread is where when it happens."""
+    from detector.errors import SinkError, StopPipeline
+
+    for attempt in range(30):
+        error = {"sink-error": SinkError("disk full"), "stop": StopPipeline(), "ctrl-c": KeyboardInterrupt()}[kind]
+        consume = Raising(error, at=5 + attempt % 4)
+        model = Jittery()
+        if kind == "stop":
+            run_pipeline(frames([(8, 8)] * 40), Detector(model, device="cpu"), consume, batch_size=2,
+                         detect_threads=3)  # fmt: skip
+        else:
+            with pytest.raises(type(error)):
+                run_pipeline(frames([(8, 8)] * 40), Detector(model, device="cpu"), consume, batch_size=2,
+                             detect_threads=3)  # fmt: skip
+        assert consume.seen == list(range(consume.at))
+
+
+def test_detect_threads_raise_the_error_of_the_first_failed_batch() -> None:
+    """Every batch from frame 16 on fails, in whatever thread: the error raised is the one of the
+    first failed batch in frame order, and the output stops right before it."""
+
+    class FailsFrom(Jittery):
+        def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+            first = round(float(images[0].mean()) * 255)
+            if first >= 16:
+                import time
+
+                time.sleep(0.002 * ((first * 3) % 4))
+                raise RuntimeError(f"failed at frame {first}")
+            return super().forward(images)
+
+    for _ in range(25):
+        consume = Raising(RuntimeError("never"), at=-1)
+        with pytest.raises(RuntimeError) as err:
+            run_pipeline(frames([(8, 8)] * 40), Detector(FailsFrom(), device="cpu"), consume, batch_size=2,
+                         detect_threads=3)  # fmt: skip
+        assert consume.seen == list(range(16)) and str(err.value) == "failed at frame 16"

@@ -364,3 +364,24 @@ def test_fast_preset_is_the_openvino_config(tmp_path: Path, capsys: pytest.Captu
     assert load_config("fast_cpu").engine == "openvino"  # the shipped preset, by name
     err = one_line_error(["run", "--fast", "--config", str(tmp_path / "x.yaml")], capsys)
     assert "either --fast or --config" in err
+
+
+def test_openvino_engine_takes_calls_from_several_threads(
+    exports: dict[str, tuple[Path, Path]], video_frames: list[np.ndarray]
+) -> None:
+    """``--detect-threads``: calls from several threads take turns on the shared infer requests
+    (unguarded, two threads at once raised "Infer Request is busy" or could read the other's outputs)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from detector.engines.openvino_engine import OpenVINOEngine
+
+    _, onnx = exports["retinanet_resnet50_fpn"]
+    engine = OpenVINOEngine(onnx)
+    images = [torch.from_numpy(np.ascontiguousarray(f[:, :, ::-1].transpose(2, 0, 1)) / np.float32(255))
+              for f in two_sizes(video_frames)]  # fmt: skip
+    want = [engine([image])[0] for image in images]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda i: (i % 2, engine([images[i % 2]])[0]), range(24)))
+    for k, out in got:
+        for key in ("boxes", "scores", "labels"):
+            torch.testing.assert_close(out[key], want[k][key], rtol=0, atol=0)

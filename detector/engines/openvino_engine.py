@@ -11,6 +11,7 @@ hint, and this engine says so and reports fp32.
 from __future__ import annotations
 
 import logging
+import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,9 @@ class OpenVINOEngine:
         self._config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": OV_PRECISIONS[precision]}
         self._compiled: OrderedDict[tuple[int, int], Any] = OrderedDict()
         self.max_sizes = max_sizes
+        self._lock = threading.Lock()
+        """One infer request per size, shared: calls from several threads (``--detect-threads``)
+        take turns (OpenVINO spreads each over the cores itself)."""
 
     def _request(self, height: int, width: int) -> Any:
         key = (height, width)
@@ -104,9 +108,10 @@ class OpenVINOEngine:
         results = []
         for image in images:
             x = np.ascontiguousarray(image.detach().cpu().float().numpy())
-            request = self._request(int(x.shape[1]), int(x.shape[2]))
-            request.infer({0: x})
-            boxes, scores, labels = (np.array(request.get_output_tensor(i).data) for i in range(3))
+            with self._lock:
+                request = self._request(int(x.shape[1]), int(x.shape[2]))
+                request.infer({0: x})
+                boxes, scores, labels = (np.array(request.get_output_tensor(i).data) for i in range(3))
             results.append({
                 "boxes": torch.from_numpy(boxes.astype(np.float32, copy=False)).reshape(-1, 4),
                 "scores": torch.from_numpy(scores.astype(np.float32, copy=False)),

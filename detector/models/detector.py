@@ -32,6 +32,11 @@ Frame = np.ndarray | torch.Tensor | str | Path | Any
 """BGR uint8 array, RGB tensor, PIL image or image file path."""
 NONE_FRAME = "the frame is None: was it read successfully? (cv2.imread returns None for a bad path)"
 _TO_RGB = {1: cv2.COLOR_GRAY2RGB, 3: cv2.COLOR_BGR2RGB, 4: cv2.COLOR_BGRA2RGB}
+
+# Raised inside torchvision/TorchScript models on every call, not the caller's to fix. Set once
+# here: ``warnings.catch_warnings`` around each call is not thread-safe (``--detect-threads``)
+# and could leave this filter behind, or drop one of the caller's.
+warnings.filterwarnings("ignore", message=r"torch\.meshgrid", category=UserWarning)
 __all__ = ["AUTOCAST_DTYPES", "Detector", "Frame", "resolve_device"]
 
 
@@ -258,10 +263,7 @@ class Detector:
         return out
 
     def _call(self, tensors: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        with warnings.catch_warnings():
-            # raised inside torchvision/TorchScript models on every call, not the caller's to fix
-            warnings.filterwarnings("ignore", message=r"torch\.meshgrid", category=UserWarning)
-            return self.engine(tensors)
+        return self.engine(tensors)
 
     def postprocess(self, outputs: list[dict[str, torch.Tensor]]) -> list[Detections]:
         """Raw dicts to ``Detections`` with this detector's score, class and count limits.
