@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -70,6 +72,21 @@ def test_two_outputs_naming_one_file_are_refused(tmp_path: Path) -> None:
         plan_outputs(source, tmp_path / "o.mp4", tmp_path / "sub" / ".." / "o.mp4")
     with open_source(str(DEMO)) as source, pytest.raises(SinkError, match="same file"):
         plan_outputs(source, tmp_path / "o.mp4", None, stats=tmp_path / "o.jsonl")
+
+
+def test_an_output_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
+    """A finished output is renamed into place: over a device or a pipe (``--json /dev/null``
+    as root) that would replace it. A FIFO stands in for a device here."""
+    fifo = tmp_path / "pipe.jsonl"
+    os.mkfifo(fifo)
+    for out, json_path in ((None, fifo), (fifo.with_suffix(".mp4"), None)):
+        if out is not None:
+            os.mkfifo(out)
+        with open_source(str(DEMO)) as source, pytest.raises(SinkError, match="not a regular file") as err:
+            plan_outputs(source, out, json_path)
+        assert "\n" not in str(err.value)
+    assert stat.S_ISFIFO(fifo.stat().st_mode) and stat.S_ISFIFO(fifo.with_suffix(".mp4").stat().st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe.jsonl", "pipe.mp4"]
 
 
 # -- default outputs never collide (item 5) ---------------------------------------------------

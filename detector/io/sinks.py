@@ -100,6 +100,8 @@ def prepare_output(path: Path, inputs: tuple[Path, ...] = ()) -> Path:
         ) from None
     if path.is_dir():
         raise SinkError(f"output {path} is an existing folder; choose a file name")
+    if path.exists() and not path.is_file():  # finished outputs are renamed into place: it would be replaced
+        raise SinkError(f"output {path} is not a regular file (a device, pipe or socket); choose a file path")
     probe = partial_path(path)
     try:  # find an unwritable folder now, not after the model ran
         probe.touch()
