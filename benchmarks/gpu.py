@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import VIDEO, decode, median
+from common import VIDEO, decode, median, sync
 
 from detector import Detector, load_config
 from detector.models import MODELS
@@ -42,11 +42,6 @@ def device_name(device: torch.device) -> str:
 
     cpu = platform.processor() or platform.machine()
     return f"CPU {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def model_only(detector: Detector, frames: list, batch: int, rounds: int) -> tuple[float, float]:

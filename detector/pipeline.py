@@ -253,7 +253,7 @@ def run_pipeline(
     batch holds frames of this one source only, and a live source is always detected one newest
     frame at a time.
 
-    ``detect_threads`` batches (default :func:`default_detect_threads`: 1) are detected at once:
+    ``detect_threads`` batches (default :data:`DEFAULT_DETECT_THREADS`: 1) are detected at once:
     this thread and ``detect_threads - 1`` more, each on a CUDA stream of its own, so one
     batch's GPU work runs while another's Python-side steps (torchvision's per-image
     proposal filtering and NMS, which wait for the GPU) run on the CPU. Results are handed on
@@ -269,7 +269,7 @@ def run_pipeline(
     stop = threading.Event()
     feed = _Feed(frames, stop, queue_size=queue_size, max_frames=max_frames, stats=stats,
                  batch_size=default_batch_size(detector) if batch_size is None else batch_size)  # fmt: skip
-    threads = default_detect_threads(detector) if detect_threads is None else detect_threads
+    threads = DEFAULT_DETECT_THREADS if detect_threads is None else detect_threads
     if threads < 1:
         raise ValueError(f"detect_threads must be at least 1, got {threads}")
     threads = 1 if feed.live else threads
@@ -521,19 +521,18 @@ class OffThreadSink:
         self.close(report=exc_type is None)
 
 
-def default_detect_threads(detector: Detector) -> int:
-    """Batches detected at once when none is given: 1. On an H100, torchvision's Faster R-CNN
-    leaves the GPU idle half of the time while Python filters proposals and waits for results
-    (``benchmarks/gpu.py --profile``), and 2 threads gained 3-21% end to end for the Faster
-    R-CNNs but lost 14% for RetinaNet (the GIL is shared with decoding and drawing), so more
-    is opt-in; on the CPU the cores are busy anyway."""
-    return 1
+DEFAULT_DETECT_THREADS = 1
+"""Batches detected at once when none is given, on any device. On an H100, torchvision's
+Faster R-CNN leaves the GPU idle half of the time while Python filters proposals and waits for
+results (``benchmarks/gpu.py --profile``), and 2 threads gained 3-21% end to end for the Faster
+R-CNNs but lost 14% for RetinaNet (the GIL is shared with decoding and drawing), so more is
+opt-in; on the CPU the cores are busy anyway."""
 
 
 def default_batch_size(detector: Detector) -> int:
     """Frames per forward pass when none is given: 1 on the CPU, where a batch is no faster
     per frame and only adds latency; 8 on CUDA, measured on an H100 with ``benchmarks/gpu.py``
-    (Faster R-CNN fp16 at min_size 800: batch 1 ~55, 4 ~114, 8 ~120-176, 16 ~158-174 frames/s
+    (Faster R-CNN fp16 at min_size 800: batch 1 ~55-59, 4 ~114, 8 ~122-177, 16 ~158-174 frames/s
     model only; 16 doubles the latency for little more)."""
     return 8 if detector.device.type == "cuda" else 1
 

@@ -274,7 +274,7 @@ def run(
     :func:`detector.pipeline.default_batch_size`: 1 on CPU, 8 on CUDA); live sources are
     always detected one newest frame at a time. ``detect_threads`` batches are detected at
     once, each in a thread and CUDA stream of its own (default 1; see
-    :func:`detector.pipeline.default_detect_threads`).
+    :data:`detector.pipeline.DEFAULT_DETECT_THREADS`).
     ``codec`` (``auto``, ``h264``, ``mp4v``) picks the video's codec (see
     :class:`~detector.io.sinks.VideoFileSink`); the one used is told in one line to ``announce``
     (e.g. ``print``), else logged at INFO on ``detector.runner`` (silent unless logging is set up).
