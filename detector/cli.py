@@ -284,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="files and folders: frames per forward pass (default 1 on CPU, 8 on CUDA)")  # fmt: skip
     p.add_argument("--detect-threads", type=int, metavar="N",
                    help="files and folders: batches detected at once, each in a thread and CUDA stream of its "
-                   "own (default 1; 2 kept an H100 busier with the Faster R-CNNs, +3-21%%)")  # fmt: skip
+                   "own (default 1; 2 kept an H100 busier with the Faster R-CNNs, +3-28%%)")  # fmt: skip
     p.add_argument(
         "--serve", metavar="[HOST:]PORT", help="browser live view (MJPEG over HTTP), bound to 127.0.0.1 by default"
     )

@@ -524,7 +524,7 @@ class OffThreadSink:
 DEFAULT_DETECT_THREADS = 1
 """Batches detected at once when none is given, on any device. On an H100, torchvision's
 Faster R-CNN leaves the GPU idle half of the time while Python filters proposals and waits for
-results (``benchmarks/gpu.py --profile``), and 2 threads gained 3-21% end to end for the Faster
+results (``benchmarks/gpu.py --profile``), and 2 threads gained 3-28% end to end for the Faster
 R-CNNs but lost 14% for RetinaNet (the GIL is shared with decoding and drawing), so more is
 opt-in; on the CPU the cores are busy anyway."""
 
