@@ -73,6 +73,13 @@ class Stats:
         return "\n".join(rows)
 
 
+def check_counts(**counts: int | None) -> None:
+    """Raise ``ValueError`` for a count given below 1 (``batch_size``, ``detect_threads``)."""
+    for name, value in counts.items():
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+
+
 class _Stop(Exception):
     """Raised inside a stage when another stage asked everyone to stop."""
 
@@ -129,8 +136,7 @@ class _Feed:
 
     def __init__(self, frames: Iterable[Frame], stop: threading.Event, *, queue_size: int = 4,
                  max_frames: int | None = None, stats: Stats | None = None, batch_size: int = 1) -> None:  # fmt: skip
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        check_counts(batch_size=batch_size)
         self.live = bool(getattr(frames, "live", False))
         self.batch_size = 1 if self.live else batch_size
         self.depth = max(queue_size, 2 * batch_size)
@@ -269,10 +275,8 @@ def run_pipeline(
     stop = threading.Event()
     feed = _Feed(frames, stop, queue_size=queue_size, max_frames=max_frames, stats=stats,
                  batch_size=default_batch_size(detector) if batch_size is None else batch_size)  # fmt: skip
-    threads = DEFAULT_DETECT_THREADS if detect_threads is None else detect_threads
-    if threads < 1:
-        raise ValueError(f"detect_threads must be at least 1, got {threads}")
-    threads = 1 if feed.live else threads
+    check_counts(detect_threads=detect_threads)
+    threads = 1 if feed.live else DEFAULT_DETECT_THREADS if detect_threads is None else detect_threads
     detected: queue.Queue[Any] = queue.Queue(maxsize=1 if feed.live else feed.depth * threads)
 
     def write() -> None:

@@ -21,7 +21,7 @@ from .io.sinks import ImageSink, JsonlSink, VideoFileSink, check_video_codec, pr
 from .io.sources import ImageSource, VideoFileSource, open_source
 from .io.types import Frame
 from .models import Detector
-from .pipeline import OffThreadSink, Stats, run_pipeline
+from .pipeline import OffThreadSink, Stats, check_counts, run_pipeline
 from .render import annotate
 from .render.hud import Hud
 from .resources import DEMO_CLIP
@@ -283,10 +283,7 @@ def run(
     finalised (see :mod:`detector.io.sinks`).
     """
     start = time.perf_counter()
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if detect_threads is not None and detect_threads < 1:
-        raise ValueError(f"detect_threads must be at least 1, got {detect_threads}")
+    check_counts(batch_size=batch_size, detect_threads=detect_threads)  # before any output is opened
     if not isinstance(source, (ImageSource, VideoFileSource, LiveSource)):
         source = open_source(source)
     with contextlib.ExitStack() as stack:
