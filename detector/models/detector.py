@@ -253,17 +253,14 @@ class Detector:
         """
         tensors = [self._model_input(t) for t in tensors]
         if len(tensors) > 1 and not self._batches:
-            return [self._call([t])[0] for t in tensors]
-        out = self._call(tensors)
+            return [self.engine([t])[0] for t in tensors]
+        out = self.engine(tensors)
         if len(out) != len(tensors):
             if len(tensors) == 1:
                 raise RuntimeError(f"{self.name} returned {len(out)} results for one image")
             self._batches = False
-            return [self._call([t])[0] for t in tensors]
+            return [self.engine([t])[0] for t in tensors]
         return out
-
-    def _call(self, tensors: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        return self.engine(tensors)
 
     def postprocess(self, outputs: list[dict[str, torch.Tensor]]) -> list[Detections]:
         """Raw dicts to ``Detections`` with this detector's score, class and count limits.
