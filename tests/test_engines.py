@@ -11,6 +11,7 @@ import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -195,25 +196,76 @@ def test_onnx_file_picks_onnxruntime_and_names_come_from_sidecar(exports: dict[s
     assert det.engine.kind == "onnxruntime" and det.class_names[1] == "person" and det.score_threshold == 0.5
 
 
-def test_openvino_bf16_is_honest(exports: dict[str, tuple[Path, Path]], torch_refs: dict[str, list[Detections]],
-                                 video_frames: list[np.ndarray], caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
-    """bf16 is OpenVINO's precision hint; where the CPU has no bf16 it says so and reports fp32."""
+PREDICTORS = ("/model/head/classification_head/cls_logits", "/model/head/regression_head/bbox_reg",
+              "/model/roi_heads/box_predictor/")  # fmt: skip
+"""The final class/box predictors: f32 in both engines' bf16 (their outputs are the scores and box deltas)."""
+
+
+def bf16_segments(onnx: Path) -> tuple[list[Any], list[tuple[int, int]]]:
+    import openvino as ov
+
+    from detector.engines.openvino_mixed import split_by_precision
+
+    model = ov.Core().read_model(str(onnx))
+    model.reshape([3, 160, 200])
+    return split_by_precision(ov, model)
+
+
+@pytest.mark.parametrize("model", EXPORTED)
+def test_openvino_bf16_partition_keeps_predictors_decoding_and_nms_f32(
+    model: str, exports: dict[str, tuple[Path, Path]]
+) -> None:
+    """What runs in bf16 is decided here, on any CPU: the convolution stacks only."""
+    segments, outputs = bf16_segments(exports[model][1])
+    assert [s.precision for s in segments] == ["f32", "bf16", "f32"]  # transform | stacks | predictors + post
+    assert {s for s, _ in outputs} == {2}, "detections must leave an f32 segment"
+    where: dict[str, str] = {}
+    for segment in segments:
+        for op in segment.model.get_ordered_ops():
+            where[op.get_friendly_name()] = f"{op.get_type_name()}:{segment.precision}"
+    convs = {n: w for n, w in where.items() if w.startswith(("Convolution", "MatMul"))}
+    assert all(w.endswith("f32") for n, w in convs.items() if n.startswith(PREDICTORS))
+    assert sum(n.startswith(PREDICTORS) for n in convs) >= (2 if model.startswith("faster") else 10)
+    assert all(w.endswith("bf16") for n, w in convs.items() if n.startswith("/model/backbone/"))
+    assert sum(n.startswith("/model/backbone/") for n in convs) > 50
+    final = [n for n, w in where.items() if w.split(":")[0] in ("TopK", "NonMaxSuppression", "Sigmoid", "Softmax")
+             and not n.startswith("/model/rpn/")]  # fmt: skip
+    assert final and all(where[n].endswith("f32") for n in final), final
+
+
+@pytest.mark.parametrize("model", EXPORTED)
+def test_openvino_bf16_is_honest(model: str, exports: dict[str, tuple[Path, Path]],
+                                 torch_refs: dict[str, list[Detections]], video_frames: list[np.ndarray],
+                                 caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    """On a bf16 CPU: fp32-resolution scores and boxes, predictors run f32 and the backbone bf16 in the
+    compiled segments. Elsewhere OpenVINO has no bf16: the engine says so and runs fp32."""
     from detector.engines.openvino_engine import OpenVINOEngine, cpu_has_bf16
 
-    _, onnx = exports["retinanet_resnet50_fpn"]
     with caplog.at_level(logging.WARNING):
-        engine = OpenVINOEngine(onnx, precision="bf16")
-    frame = frame_of(video_frames, 200, 160)
+        engine = OpenVINOEngine(exports[model][1], precision="bf16")
     if not cpu_has_bf16(engine.core):
         assert engine.precision == "fp32" and "no native bf16" in caplog.text
-        return
+        pytest.skip("this CPU has no native bf16 (avx512_bf16 / amx_bf16): checked the fp32 fallback and (in the "
+                    "partition test) which nodes run bf16; not checked: distinct scores, box resolution and the "
+                    "runtime precisions of the compiled bf16 segments")  # fmt: skip
     assert engine.precision == "bf16"
-    ref = torch_refs["retinanet_resnet50_fpn"][0]
-    got = Detector(engine, precision="bf16")(frame)
+    got = Detector(engine, precision="bf16")(frame_of(video_frames, 200, 160))
     assert on_bf16_grid(got.boxes) < 0.25 and len(np.unique(got.scores)) >= 0.9 * len(got)
-    iou, j = box_iou(torch.from_numpy(got.boxes), torch.from_numpy(ref.boxes)).max(1)
-    stable = (iou > 0.9).numpy() & (got.labels == ref.labels[j.numpy()])
-    assert np.median(np.abs(got.boxes[stable] - ref.boxes[j.numpy()[stable]]).max(1)) < 0.5
+    if model.startswith("retinanet"):  # no proposal stage (bf16 objectness) to reshuffle the boxes
+        ref = torch_refs[model][0]
+        iou, j = box_iou(torch.from_numpy(got.boxes), torch.from_numpy(ref.boxes)).max(1)
+        stable = (iou > 0.9).numpy() & (got.labels == ref.labels[j.numpy()])
+        assert stable.sum() >= 40 and np.median(np.abs(got.boxes[stable] - ref.boxes[j.numpy()[stable]]).max(1)) < 0.5
+    runtime: dict[str, set[str]] = {"f32": set(), "bf16": set()}
+    for compiled in engine.request_for(160, 200).compiled:
+        for op in compiled.get_runtime_model().get_ordered_ops():
+            info = op.get_rt_info()
+            if info["layerType"].astype(str) in ("Convolution", "FullyConnected"):
+                runtime[info["runtimePrecision"].astype(str)].add(info["originalLayersNames"].astype(str))
+    predictors = 10 if model.startswith("retinanet") else 2  # cls_logits + bbox_reg on 5 levels; two linear
+    assert sum(n.startswith(PREDICTORS) for n in runtime["f32"]) == predictors, runtime["f32"]
+    assert not any(n.startswith(PREDICTORS) for n in runtime["bf16"])
+    assert sum(n.startswith("/model/backbone/") for n in runtime["bf16"]) > 50
 
 
 def test_registry_model_on_openvino_is_exported_once_into_the_cache(

@@ -17,9 +17,23 @@ import torch
 from ..config import ENGINES
 from ..errors import EngineError
 
-__all__ = ["ENGINES", "EXTRAS", "Engine", "require"]
+__all__ = ["ENGINES", "EXTRAS", "LOW_PRECISION_MODULES", "Engine", "require"]
 EXTRAS = {"openvino": "openvino", "onnxruntime": "onnx", "onnx": "onnx"}
 """Python module -> the pip extra of this package that installs it."""
+LOW_PRECISION_MODULES = (
+    "backbone",  # ResNet-50 + FPN
+    "rpn.head.conv",  # the RPN's 3x3 tower; its 1x1 predictors stay fp32
+    "roi_heads.box_roi_pool",  # feeds the box head, which rounds it to bf16 at once (torch's roi_align: fp32)
+    "roi_heads.box_head",  # the two-layer box head; box_predictor stays fp32
+    "head.classification_head.conv",  # RetinaNet's towers; cls_logits / bbox_reg stay fp32
+    "head.regression_head.conv",
+)
+"""The parts of a torchvision Faster R-CNN / RetinaNet that may run in bf16/fp16 (module paths).
+
+Everything else -- the input transform, the final class/box predictors, box decoding, clipping,
+scores and NMS -- stays fp32, so scores keep fp32 resolution and boxes do not land on a bf16 grid.
+The torch engine applies it per module; OpenVINO per graph node, by the scopes the ONNX export
+names after these modules."""
 
 
 @runtime_checkable

@@ -3,9 +3,11 @@
 OpenVINO runs fastest on static shapes, so the model is reshaped to each new
 ``(H, W)`` and compiled (about a second); the compiled model is kept, so a
 video (one size) compiles once and a folder of mixed sizes still works
-(the ``max_sizes`` most recently used sizes are kept). ``bf16`` is OpenVINO's
-``INFERENCE_PRECISION_HINT``; on a CPU without native bf16 OpenVINO ignores the
-hint, and this engine says so and reports fp32.
+(the ``max_sizes`` most recently used sizes are kept). ``bf16`` runs the
+convolution stacks in bf16 and the predictors, box decoding, scores and NMS in
+f32 (:mod:`.openvino_mixed`: the graph cut into segments, each compiled with its
+own ``INFERENCE_PRECISION_HINT``); on a CPU without native bf16 this engine says
+so and runs f32.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 
 from ..errors import EngineError
 from .base import require
+from .openvino_mixed import SegmentedRequest, split_by_precision
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +74,13 @@ class OpenVINOEngine:
         self._config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": OV_PRECISIONS[precision]}
         self._compiled: OrderedDict[tuple[int, int], Any] = OrderedDict()
         self.max_sizes = max_sizes
+        self._warned_whole_graph = False
         self._lock = threading.Lock()
         """One infer request per size, shared: calls from several threads (``--detect-threads``)
         take turns (OpenVINO spreads each over the cores itself)."""
 
-    def _request(self, height: int, width: int) -> Any:
+    def request_for(self, height: int, width: int) -> Any:
+        """The infer request for ``(height, width)`` images, compiled on first use and kept."""
         key = (height, width)
         request = self._compiled.get(key)
         if request is not None:
@@ -89,15 +94,32 @@ class OpenVINOEngine:
         model = self._model.clone()
         try:
             model.reshape([3, height, width])
-            compiled = self.core.compile_model(model, "CPU", self._config)
+            request = self._compile(model)
+        except EngineError:
+            raise
         except Exception as exc:
             why = _first_line(exc)
             raise EngineError(f"OpenVINO cannot compile {self.path} for {width}x{height} ({why})") from None
-        request = compiled.create_infer_request()
         self._compiled[key] = request
         if len(self._compiled) > self.max_sizes:
             self._compiled.popitem(last=False)
         return request
+
+    def _compile(self, model: Any) -> Any:
+        if self.precision != "bf16":
+            return self.core.compile_model(model, "CPU", self._config).create_infer_request()
+        segments, outputs = split_by_precision(self._ov, model)
+        if not any(s.precision == "bf16" for s in segments):
+            if not self._warned_whole_graph:
+                log.warning("%s: no convolution stacks named as `detector export` names them; the whole graph runs "
+                            "in bf16 (scores may tie, boxes may round)", self.path.name)  # fmt: skip
+                self._warned_whole_graph = True
+            return self.core.compile_model(model, "CPU", self._config).create_infer_request()
+        compiled = [
+            self.core.compile_model(s.model, "CPU", {**self._config, "INFERENCE_PRECISION_HINT": s.precision})
+            for s in segments
+        ]  # fmt: skip
+        return SegmentedRequest(segments, compiled, outputs)
 
     @property
     def compiled_sizes(self) -> list[tuple[int, int]]:
@@ -109,7 +131,7 @@ class OpenVINOEngine:
         for image in images:
             x = np.ascontiguousarray(image.detach().cpu().float().numpy())
             with self._lock:
-                request = self._request(int(x.shape[1]), int(x.shape[2]))
+                request = self.request_for(int(x.shape[1]), int(x.shape[2]))
                 request.infer({0: x})
                 boxes, scores, labels = (np.array(request.get_output_tensor(i).data) for i in range(3))
             results.append({

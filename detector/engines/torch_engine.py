@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import EngineError
+from .base import LOW_PRECISION_MODULES
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +47,18 @@ def _autocast_forward(forward: Callable[..., Any], device_type: str, dtype: torc
 
 
 def low_precision_parts(model: nn.Module) -> list[nn.Module]:
-    """The convolution stacks of a torchvision Faster R-CNN / RetinaNet that may run in bf16/fp16.
+    """The modules of ``LOW_PRECISION_MODULES`` that ``model`` has (torchvision Faster R-CNN / RetinaNet).
 
     Empty for other models (e.g. TorchScript files), which then run in fp32 under this engine's rule.
     """
-    parts: list[nn.Module | None] = [getattr(model, "backbone", None)]
-    rpn_head = getattr(getattr(model, "rpn", None), "head", None)
-    parts.append(getattr(rpn_head, "conv", None))  # the 3x3 tower; the 1x1 predictors stay fp32
-    parts.append(getattr(getattr(model, "roi_heads", None), "box_head", None))  # box_predictor stays fp32
-    head = getattr(model, "head", None)
-    for branch in ("classification_head", "regression_head"):
-        parts.append(getattr(getattr(head, branch, None), "conv", None))  # cls_logits / bbox_reg stay fp32
-    return [p for p in parts if isinstance(p, nn.Module) and not isinstance(p, torch.jit.ScriptModule)]
+    parts = []
+    for path in LOW_PRECISION_MODULES:
+        part: Any = model
+        for name in path.split("."):
+            part = getattr(part, name, None)
+        if isinstance(part, nn.Module) and not isinstance(part, torch.jit.ScriptModule):
+            parts.append(part)
+    return parts
 
 
 def apply_mixed_precision(model: nn.Module, precision: str, device_type: str) -> list[nn.Module]:
