@@ -152,8 +152,11 @@ def plan_video_outputs(
         hit = inputs.get(path.resolve())
         if hit is not None:
             raise SinkError(f"output {path} would overwrite the input {hit}; choose another --out folder")
-    for path in [*outputs, *([stats] if stats is not None else [])]:
-        prepare_output(path)
+    for _, media, jsonl in items:
+        prepare_output(media, kind="video")
+        prepare_output(jsonl, kind="jsonl")
+    if stats is not None:
+        prepare_output(stats, kind="stats")
     return FolderPlan(out, items, stats)
 
 

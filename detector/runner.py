@@ -148,15 +148,15 @@ def plan_outputs(
         if hit is not None:
             raise SinkError(f"output {path} would overwrite the input {hit}; choose another --out/--json path")
     if json is not None:
-        prepare_output(json)
+        prepare_output(json, kind="jsonl")
     if stats is not None:
-        prepare_output(stats)
+        prepare_output(stats, kind="stats")
     if out is not None:
         if info.kind == "images":
             if out.exists() and not out.is_dir():
                 raise SinkError(f"--out {out} is a file; image folders are written to a folder")
         else:
-            prepare_output(out)
+            prepare_output(out, kind="image" if info.kind == "image" else "video")
     return OutputPlan(out, json, stats)
 
 

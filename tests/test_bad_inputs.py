@@ -81,6 +81,17 @@ CASES: dict[str, Case] = {
     "--stats under a file": Case(lambda d: ["run", str(d / "clip.mp4"), *M, "--out", str(d / "o.mp4"),
                                             "--stats", str(d / "img.jpg" / "s.json")],
                                  "cannot create output folder", ("o.mp4", "o.jsonl")),
+    "--stats over an earlier video": Case(lambda d: ["run", str(d / "clip.mp4"), *M, "--out", str(d / "o.mp4"),
+                                                     "--stats", str(d / "v.mp4")], "is not a .json file", ("v.mp4",)),
+    "--json over an earlier video": Case(lambda d: ["run", str(d / "clip.mp4"), *M, "--out", str(d / "o.mp4"),
+                                                    "--json", str(d / "v.mp4")], "is not a .jsonl file", ("v.mp4",)),
+    "--json over an earlier stats file": Case(lambda d: ["run", str(d / "clip.mp4"), *M, "--json", str(d / "s.json")],
+                                              "is not a .jsonl file", ("s.json",)),
+    "--stats over an earlier JSONL": Case(lambda d: ["run", str(d / "clip.mp4"), *M, "--out", str(d / "o.mp4"),
+                                                     "--stats", str(d / "d.jsonl")], "is not a .json file",
+                                          ("d.jsonl", "o.mp4")),
+    "video folder --stats over a video": Case(lambda d: ["run", str(_videos(d)), *M, "--stats", str(d / "v.mp4")],
+                                              "is not a .json file", ("v.mp4",)),
     "--start past the end": Case(lambda d: ["run", str(d / "clip.mp4"), *M, "--start", "5000"],
                                  "it has 60 frames"),
     "--end before --start": Case(lambda d: ["run", str(d / "clip.mp4"), *M, "--start", "5", "--end", "5"],
@@ -121,6 +132,13 @@ CASES: dict[str, Case] = {
                                                        str(d / "imgs"), *M, "--out", str(d)],
                                             "would overwrite the input"),
 }  # fmt: skip
+
+
+def _videos(folder: Path) -> Path:
+    """A folder holding one video (a folder of videos runs through its own planning code)."""
+    (folder / "vids").mkdir()
+    shutil.copy(folder / "clip.mp4", folder / "vids" / "clip.mp4")
+    return folder / "vids"
 
 
 def _renamed_gt(folder: Path) -> Path:

@@ -89,6 +89,23 @@ def test_an_output_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe.jsonl", "pipe.mp4"]
 
 
+def test_an_output_replaces_only_an_earlier_output_of_its_kind(tmp_path: Path) -> None:
+    """Stats may replace a .json, detections a .jsonl, a video a video; anything else is refused
+    (``--stats clip.mp4`` once left a video holding 1 kB of JSON). The refusals are in test_bad_inputs."""
+    for name in ("o.mp4", "o.jsonl", "s.json"):
+        (tmp_path / name).write_bytes(b"earlier")
+    with open_source(str(DEMO)) as source:
+        plan = plan_outputs(source, tmp_path / "o.mp4", tmp_path / "o.jsonl", stats=tmp_path / "s.json")
+    assert (plan.out, plan.json, plan.stats) == (tmp_path / "o.mp4", tmp_path / "o.jsonl", tmp_path / "s.json")
+    for json_path, stats, kind in (("s.json", None, ".jsonl"), ("o.mp4", None, ".jsonl"),
+                                   ("new.jsonl", "o.jsonl", ".json"), ("new.jsonl", "o.mp4", ".json")):  # fmt: skip
+        with open_source(str(DEMO)) as source, pytest.raises(SinkError, match=f"is not a \\{kind} file") as err:
+            plan_outputs(source, tmp_path / "new.mp4", tmp_path / json_path,
+                         stats=tmp_path / stats if stats else None)  # fmt: skip
+        assert "\n" not in str(err.value)
+    assert all((tmp_path / n).read_bytes() == b"earlier" for n in ("o.mp4", "o.jsonl", "s.json"))
+
+
 # -- default outputs never collide (item 5) ---------------------------------------------------
 
 

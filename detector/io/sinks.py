@@ -35,6 +35,7 @@ import numpy as np
 from ..errors import SinkError
 from ..structures import Detections
 from .base import Closeable
+from .sources import IMAGE_EXTS
 from .types import Frame
 
 log = logging.getLogger(__name__)
@@ -87,8 +88,19 @@ def check_video_codec(path: Path, codec: str = "auto") -> None:
         raise SinkError(f"cannot write H.264 video {path}: {why}; pip install av (or use --codec mp4v)")
 
 
-def prepare_output(path: Path, inputs: tuple[Path, ...] = ()) -> Path:
-    """Create ``path``'s parent folder and refuse to overwrite an input."""
+OUTPUT_KINDS = {
+    "video": ("an annotated video", tuple(VIDEO_FOURCC)),
+    "image": ("an annotated image", tuple(sorted(IMAGE_EXTS))),
+    "jsonl": ("JSON Lines of detections", (".jsonl",)),
+    "stats": ("stats JSON", (".json",)),
+}
+"""Output kind -> (what is written, the extensions of the existing files it may replace)."""
+
+
+def prepare_output(path: Path, inputs: tuple[Path, ...] = (), *, kind: str | None = None) -> Path:
+    """Create ``path``'s parent folder and refuse to overwrite an input, a folder, a device, or (with
+    ``kind``, one of :data:`OUTPUT_KINDS`) an existing file of another kind: an output replaces only
+    an earlier output of its own kind (stats a ``.json``, detections a ``.jsonl``, a video a video)."""
     resolved = {p.resolve() for p in inputs}
     if path.resolve() in resolved:
         raise SinkError(f"output {path} is an input file; choose another --out/--json path")
@@ -102,6 +114,13 @@ def prepare_output(path: Path, inputs: tuple[Path, ...] = ()) -> Path:
         raise SinkError(f"output {path} is an existing folder; choose a file name")
     if path.exists() and not path.is_file():  # finished outputs are renamed into place: it would be replaced
         raise SinkError(f"output {path} is not a regular file (a device, pipe or socket); choose a file path")
+    if kind is not None and path.exists():
+        what, suffixes = OUTPUT_KINDS[kind]
+        if path.suffix.lower() not in suffixes:
+            raise SinkError(
+                f"{path} exists and is not a {'/'.join(suffixes[:3])} file; {what} would replace it: "
+                "choose another path (an output replaces only an earlier output of its kind)"
+            )
     probe = partial_path(path)
     try:  # find an unwritable folder now, not after the model ran
         probe.touch()
