@@ -8,7 +8,9 @@ round (torch fp32, torch bf16, ONNX Runtime, OpenVINO f32, OpenVINO bf16, ...)
 so machine load hits them alike; each is warmed up once first (OpenVINO
 compiles there). Reported: the median per frame and the ratio to torch eager
 fp32 in the same run, and for fp32 engines the largest box difference to torch
-fp32 over the top-10 detections (the "correct" in "fastest correct setting").
+fp32 over the top-10 detections (the "correct" in "fastest correct setting"), and for
+bf16 the share of distinct scores among the detections (ties are what bf16 scores
+leave behind).
 bf16 variants are skipped where the CPU has no native bf16 (torch would emulate
 it, many times slower than fp32; OpenVINO would silently run f32).
 
@@ -35,7 +37,19 @@ from detector.engines.export import export_model, weights_sha256
 from detector.models import MODELS, build_model
 from detector.structures import Detections
 
-VARIANTS = ("torch-fp32", "torch-bf16", "onnxruntime-fp32", "openvino-fp32", "openvino-bf16")
+VARIANTS = ("torch-fp32", "torch-bf16", "onnxruntime-fp32", "openvino-fp32", "openvino-bf16", "openvino-wholebf16")
+"""``openvino-wholebf16``: the whole graph under OpenVINO's bf16 hint, as before the graph was cut into
+f32/bf16 segments (scores then tie): what keeping predictors, decoding and NMS in f32 costs."""
+
+
+def whole_graph_bf16(onnx: Path) -> Detector:
+    from detector.engines.openvino_engine import OpenVINOEngine
+
+    class WholeGraph(OpenVINOEngine):
+        def _compile(self, model: object) -> object:
+            return self.core.compile_model(model, "CPU", self._config).create_infer_request()
+
+    return Detector(WholeGraph(onnx, precision="bf16"), precision="bf16", score_threshold=0.05)
 
 
 def cpu_has_native_bf16() -> bool:
@@ -71,6 +85,8 @@ def build_variants(name: str, size: int, workdir: Path, wanted: list[str]) -> di
         engine, precision = variant.rsplit("-", 1)
         if engine == "torch":
             dets[variant] = Detector.from_config(cfg.replace(precision=precision))
+        elif precision == "wholebf16":
+            dets[variant] = whole_graph_bf16(onnx)
         else:
             exported = {"model": str(onnx), "engine": engine, "precision": precision, "score_threshold": 0.05}
             dets[variant] = Detector.from_config(load_config(None, exported))
@@ -99,7 +115,8 @@ def main() -> None:
     if skipped:
         print(f"skipped (no native bf16 on this CPU): {', '.join(skipped)}")
     print(f"median s per frame over {args.rounds} interleaved rounds after 1 warm-up (x = speed-up over torch fp32; "
-          "d = max box difference to torch fp32 on the top-10 detections, px)")  # fmt: skip
+          "d = max box difference to torch fp32 on the top-10 detections, px; "
+          "u = distinct scores / detections)")  # fmt: skip
     print("| model | min_size | " + " | ".join(wanted) + " |")
     print("|---|---:|" + "---:|" * len(wanted), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -107,7 +124,9 @@ def main() -> None:
             for size in args.sizes:
                 dets = build_variants(name, size, Path(tmp), wanted)
                 ref = dets["torch-fp32"](frame) if "torch-fp32" in dets else None
-                errors = {v: top_box_error(ref, d(frame)) for v, d in dets.items() if ref is not None}  # warm-up
+                first = {v: d(frame) for v, d in dets.items()}  # warm-up (OpenVINO compiles here)
+                errors = {v: top_box_error(ref, got) for v, got in first.items() if ref is not None}
+                distinct = {v: f"{len(np.unique(got.scores))}/{len(got)}" for v, got in first.items()}
                 times: dict[str, list[float]] = {v: [] for v in dets}
                 for _ in range(args.rounds):
                     for v, d in dets.items():
@@ -119,7 +138,7 @@ def main() -> None:
                     cell = f"{med[v]:.3f} s"
                     if base is not None and v != "torch-fp32":
                         cell += f" ({base / med[v]:.2f}x"
-                        cell += f", d {errors[v]:.3f})" if v.endswith("fp32") else ")"
+                        cell += f", d {errors[v]:.3f})" if v.endswith("fp32") else f", u {distinct[v]})"
                     cells.append(cell)
                 print(f"| {name} | {size} | " + " | ".join(cells) + " |", flush=True)
                 if args.json is not None:
