@@ -21,7 +21,7 @@ def main() -> int:
     try:
         model = detector.load(args.model, classes="person", score_threshold=args.score)
         per_second: dict[int, list[int]] = defaultdict(list)
-        with detector.open_source(args.video) as source, detector.stream(source, model) as results:
+        with detector.stream(model, args.video) as results:
             for frame, people in results:
                 per_second[int(frame.timestamp)].append(len(people))
     except detector.DetectorError as exc:

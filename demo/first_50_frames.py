@@ -18,7 +18,7 @@ def main() -> int:
     ap.add_argument("--model", default="d2go")
     args = ap.parse_args()
     model = detector.load(args.model)
-    with detector.open_source(args.video) as source, detector.stream(source, model, max_frames=50) as results:
+    with detector.stream(model, args.video, max_frames=50) as results:
         total = sum(len(dets) for _, dets in results)
     print(f"50 frames, {total} detections; threads left: {[t.name for t in threading.enumerate()][1:]}")
     return 0

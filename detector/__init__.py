@@ -6,7 +6,7 @@ Public API::
     det = detector.load("d2go")                  # or "fasterrcnn_resnet50_fpn", a preset, a .yaml, a .pt
     dets = det(frame_bgr)                        # Detections: boxes xyxy, scores, labels, names
     shown = detector.annotate(frame_bgr, dets)
-    with detector.stream(detector.open_source("clip.mp4"), det, max_frames=50) as results:
+    with detector.stream(det, "clip.mp4", max_frames=50) as results:
         for frame, dets in results: ...
 
 Names are imported lazily, so ``import detector`` (and ``detector --help``)

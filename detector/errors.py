@@ -11,8 +11,9 @@ class DetectorError(Exception):
     """Base class of every error the user can fix (bad input, config, weights, paths)."""
 
 
-class ConfigError(DetectorError):
-    """A config file or option is malformed, unknown or out of range."""
+class ConfigError(DetectorError, ValueError):
+    """A config file or option is malformed, unknown or out of range (also a ``ValueError``, as a
+    bad argument value is to any Python API)."""
 
 
 class WeightsError(DetectorError):

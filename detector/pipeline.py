@@ -21,11 +21,13 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .errors import StopPipeline
+from .io.sources import open_source
 from .io.types import Frame
 from .models import Detector
 from .structures import Detections
@@ -552,12 +554,21 @@ class Stream:
     source can then be closed safely.
     """
 
-    def __init__(self, frames: Iterable[Frame], detector: Detector, *, queue_size: int = 4,
+    def __init__(self, frames: str | Path | Iterable[Frame], detector: Detector, *, queue_size: int = 4,
                  max_frames: int | None = None, batch_size: int | None = None) -> None:  # fmt: skip
         self.detector = detector
+        self._owned: Any = None
+        """A source this stream opened from a path, closed with it."""
+        if isinstance(frames, (str, Path)):
+            frames = self._owned = open_source(frames)
         self._stop = threading.Event()
-        self._feed = _Feed(frames, self._stop, queue_size=queue_size, max_frames=max_frames,
-                           batch_size=default_batch_size(detector) if batch_size is None else batch_size)  # fmt: skip
+        try:
+            size = default_batch_size(detector) if batch_size is None else batch_size
+            self._feed = _Feed(frames, self._stop, queue_size=queue_size, max_frames=max_frames, batch_size=size)
+        except BaseException:
+            if self._owned is not None:
+                self._owned.close()
+            raise
         self.batch_size = self._feed.batch_size
         self._ready: collections.deque[tuple[Frame, Detections]] = collections.deque()
         self._started = self._closed = False
@@ -588,7 +599,11 @@ class Stream:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._feed.close()
+            try:
+                self._feed.close()
+            finally:
+                if self._owned is not None:
+                    self._owned.close()
 
     def __enter__(self) -> Stream:
         return self
@@ -601,16 +616,34 @@ class Stream:
             self.close()
 
 
-def stream(frames: Iterable[Frame], detector: Detector, *, queue_size: int = 4,
+def check_arguments(function: str, detector: object, source: object) -> None:
+    """``run`` and ``stream`` both take ``(detector, source)``: a clear ``TypeError`` when swapped or
+    when the detector is something else (a bare callable, a model), instead of an AttributeError later."""
+    if isinstance(detector, Detector):
+        return
+    if isinstance(source, Detector):
+        raise TypeError(f"{function}() takes (detector, source), in that order; swap the two arguments")
+    raise TypeError(
+        f"{function}() takes a detector.Detector first (detector.load(...) or Detector(model)), "
+        f"not {type(detector).__name__}"
+    )
+
+
+def stream(detector: Detector, source: str | Path | Iterable[Frame], *, queue_size: int = 4,
            max_frames: int | None = None, batch_size: int | None = None) -> Stream:  # fmt: skip
     """Yield ``(frame, detections)`` as they come (see :class:`Stream`)::
 
-    with stream(open_source("clip.mp4"), detector, max_frames=50) as results:
+    with stream(detector, "clip.mp4", max_frames=50) as results:
         for frame, dets in results:
             ...
+
+    ``source`` is what ``open_source`` takes (a path, URL or camera index as a string; opened
+    here and closed with the stream), an opened source (yours to close), or any iterable of
+    :class:`~detector.io.types.Frame`. The order of the arguments is :func:`detector.run`'s.
 
     ``batch_size`` frames go through the model together (files and folders; a live
     source is always one newest frame at a time); pairs still come one by one, in order.
     Default: :func:`default_batch_size` (1 on the CPU, 8 on CUDA).
     """
-    return Stream(frames, detector, queue_size=queue_size, max_frames=max_frames, batch_size=batch_size)
+    check_arguments("stream", detector, source)
+    return Stream(source, detector, queue_size=queue_size, max_frames=max_frames, batch_size=batch_size)

@@ -21,7 +21,7 @@ from .io.sinks import ImageSink, JsonlSink, VideoFileSink, check_video_codec, pr
 from .io.sources import ImageSource, VideoFileSource, open_source
 from .io.types import Frame
 from .models import Detector
-from .pipeline import OffThreadSink, Stats, check_counts, run_pipeline
+from .pipeline import OffThreadSink, Stats, check_arguments, check_counts, run_pipeline
 from .render import annotate
 from .render.hud import Hud
 from .resources import DEMO_CLIP
@@ -241,11 +241,18 @@ def open_sinks(
     return sinks
 
 
+class _NoBar:
+    """The progress bar of ``progress=False``: a disabled tqdm still starts its monitor thread."""
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+
 def run(
     detector: Detector,
     source: str | Path | AnySource = DEFAULT_SOURCE,
     *,
-    sinks: Sequence[Sink] = (),
+    sinks: Sequence[Sink] | None = None,
     out: Path | None = None,
     json: Path | None = None,
     serve: str | None = None,
@@ -265,9 +272,11 @@ def run(
     every annotated frame and its detections to each sink, in order.
 
     ``sinks`` are yours (anything with ``write(frame, detections)``; context managers are
-    entered and closed here). ``out``/``json`` (or a ``plan`` from :func:`plan_outputs`),
+    entered and exited here, and a ``close()`` of one that is not is called at the end, on
+    success and on error). ``out``/``json`` (or a ``plan`` from :func:`plan_outputs`),
     ``serve`` (``[HOST:]PORT``, browser view) and ``show`` (a window) add the built-in sinks;
-    with none of them and no ``sinks``, a file input writes to ./runs/ as the CLI does.
+    with none of them and ``sinks`` not given, a file input writes to ./runs/ as the CLI does;
+    ``sinks=[]`` means no sinks at all (detections and stats only, in the result).
     ``serve_token`` and ``max_viewers`` configure the browser view (see
     :class:`detector.io.browser.BrowserSink`). ``hud`` draws a status line on every frame.
     ``batch_size`` frames of a file or folder go through the model together (default
@@ -283,23 +292,32 @@ def run(
     finalised (see :mod:`detector.io.sinks`).
     """
     start = time.perf_counter()
+    check_arguments("run", detector, source)
     check_counts(batch_size=batch_size, detect_threads=detect_threads)  # before any output is opened
+    defaults = sinks is None  # no sinks asked for: outputs in ./runs/, as the CLI writes them
+    sinks = list(sinks or ())
     if not isinstance(source, (ImageSource, VideoFileSource, LiveSource)):
         source = open_source(source)
     with contextlib.ExitStack() as stack:
         stack.enter_context(source)
-        if plan is None and (out is not None or json is not None or not (sinks or serve or show)):
+        if plan is None and (out is not None or json is not None or (defaults and not (serve or show))):
             plan = plan_outputs(source, out, json, live_view=bool(serve or show or sinks), codec=codec)
         title = f"detector: {detector.name}"
         all_sinks = open_sinks(stack, source, plan or OutputPlan(None, None), serve=serve, show=show, title=title,
                                serve_token=serve_token, max_viewers=max_viewers, codec=codec,
                                announce=announce, copy_frames=bool(sinks))  # fmt: skip
         for sink in sinks:
-            all_sinks.append(stack.enter_context(sink) if isinstance(sink, contextlib.AbstractContextManager) else sink)
+            if isinstance(sink, contextlib.AbstractContextManager):
+                all_sinks.append(stack.enter_context(sink))
+                continue
+            close = getattr(sink, "close", None)
+            if callable(close):
+                stack.callback(close)
+            all_sinks.append(sink)
         info = source.info
         planned = source.planned_frames if isinstance(source, VideoFileSource) else info.frame_count
         total = None if source.live else (planned if max_frames is None else min(max_frames, planned or max_frames))
-        bar = stack.enter_context(tqdm(total=total, unit="frame", disable=not progress, leave=False))
+        bar = stack.enter_context(tqdm(total=total, unit="frame", leave=False)) if progress else _NoBar()
         status = Hud(detector.name)
         detections = 0
 

@@ -58,18 +58,82 @@ def test_frames_as_pil_images_and_paths(torchscript_detector: Detector) -> None:
     np.testing.assert_array_equal(from_str.labels, from_path.labels)
 
 
+def test_encoded_bytes_decode_and_a_float_frame_out_of_range_is_refused(torchscript_detector: Detector) -> None:
+    """JPEG bytes were iterated as ints ("got int"); a float tensor in 0..255 was read as 0..1
+    (25 nonsense detections against 6): refused, never guessed."""
+    import cv2
+
+    path = sorted(need(COCO_MINI / "val2017").glob("*.jpg"))[0]
+    from_bytes = torchscript_detector(path.read_bytes())
+    np.testing.assert_allclose(from_bytes.boxes, torchscript_detector(path).boxes, atol=1e-3)
+    with pytest.raises(ValueError, match="not an encoded image"):
+        torchscript_detector(b"not an image")
+    rgb = torch.from_numpy(cv2.imread(str(path))[:, :, ::-1].copy()).permute(2, 0, 1)
+    with pytest.raises(ValueError, match="RGB in 0..1, got values up to 2"):
+        torchscript_detector(rgb.float())
+    np.testing.assert_array_equal(torchscript_detector(rgb.float() / 255).labels, torchscript_detector(rgb).labels)
+
+
 def test_stream_is_a_context_manager_with_max_frames() -> None:
     tiny = Detector(Tiny(), device="cpu")
-    with detector.open_source(DEMO) as source, detector.stream(source, tiny, max_frames=7) as results:
+    with detector.open_source(DEMO) as source, detector.stream(tiny, source, max_frames=7) as results:
         indices = [frame.index for frame, _ in results]
     assert indices == list(range(7))
     assert reader_threads() == []
     with detector.open_source(DEMO) as source:
-        results = detector.stream(source, tiny)
+        results = detector.stream(tiny, source)
         next(results)
         assert reader_threads() == ["detector-read"]
         del results  # dropping the stream stops and joins its reader
         assert reader_threads() == []
+
+
+def test_stream_and_run_take_a_path_in_one_order_and_say_so_when_swapped(tmp_path: Path) -> None:
+    """``stream(detector, "clip.mp4")`` opens and closes the source itself; ``run`` and ``stream`` take
+    (detector, source) and a swapped pair or a bare callable is a TypeError that says what to pass."""
+    tiny = Detector(Tiny(), device="cpu")
+    with detector.stream(tiny, str(DEMO), max_frames=3) as results:
+        assert [frame.index for frame, _ in results] == [0, 1, 2]
+        owned = results._owned
+    assert owned is not None and owned._closed and reader_threads() == []
+    with detector.open_source(DEMO) as source:
+        for call in (lambda: detector.stream(source, tiny), lambda: detector.run(source, tiny)):
+            with pytest.raises(TypeError, match=r"takes \(detector, source\), in that order; swap"):
+                call()
+        with pytest.raises(TypeError, match="takes a detector.Detector first"):
+            detector.stream(lambda images: [], source)  # type: ignore[arg-type]
+
+
+def test_run_with_no_sinks_writes_nothing_and_closes_user_sinks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    tiny = Detector(Tiny(), device="cpu")
+    result = detector.run(tiny, DEMO, sinks=[], max_frames=3, progress=False)
+    assert result.frames == 3 and list(tmp_path.iterdir()) == []  # an explicit [] is no sinks, not ./runs/
+    assert "tqdm_monitor" not in [t.name for t in threading.enumerate()]  # progress=False starts no thread
+
+    class Closing:
+        def __init__(self, fail_at: int | None = None) -> None:
+            self.closed = 0
+            self.fail_at = fail_at
+
+        def write(self, frame: Frame, dets: Detections) -> None:
+            if frame.index == self.fail_at:
+                raise RuntimeError("sink failed")
+
+        def close(self) -> None:
+            self.closed += 1
+
+    ok, failing = Closing(), Closing(fail_at=1)
+    detector.run(tiny, DEMO, sinks=[ok], max_frames=3, progress=False)
+    with pytest.raises(RuntimeError, match="sink failed"):
+        detector.run(tiny, DEMO, sinks=[failing], max_frames=3, progress=False)
+    assert (ok.closed, failing.closed) == (1, 1)
+    with detector.JsonlSink(str(tmp_path / "d.jsonl")) as sink:  # every path argument takes a str too
+        sink.write(Frame(0, 0.0, np.zeros((8, 8, 3), np.uint8), "x"), Detections.empty())
+    assert (tmp_path / "d.jsonl").read_text().count("\n") == 1
+    assert issubclass(detector.ConfigError, ValueError)
 
 
 def test_stream_on_a_live_source_serves_the_newest_frame() -> None:
@@ -87,7 +151,7 @@ def test_stream_on_a_live_source_serves_the_newest_frame() -> None:
         try:
             with detector.open_source(server.url + "stream.mjpg") as source:
                 ages = []
-                with detector.stream(source, Detector(Slow(), device="cpu"), max_frames=12) as results:
+                with detector.stream(Detector(Slow(), device="cpu"), source, max_frames=12) as results:
                     for frame, _ in results:
                         ages.append(time.perf_counter() - frame.captured_at)
         finally:

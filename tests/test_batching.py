@@ -76,7 +76,7 @@ def test_batches_fill_up_end_partial_and_never_mix_sizes() -> None:
 def test_stream_batches_and_keeps_order() -> None:
     model = Recording()
     detector = Detector(model, device="cpu")
-    with stream(frames([(8, 8)] * 10), detector, batch_size=4) as results:
+    with stream(detector, frames([(8, 8)] * 10), batch_size=4) as results:
         got = [(f.index, float(d.scores[0])) for f, d in results]
     assert [i for i, _ in got] == list(range(10))
     assert all(score == pytest.approx(i / 255) for i, score in got)  # each result belongs to its own frame
@@ -98,7 +98,7 @@ def test_live_sources_are_never_batched() -> None:
     run_pipeline(LiveFrames(), detector, lambda f, d: None, batch_size=8)
     assert [len(b) for b in model.batches] == [1] * 6
     model.batches.clear()
-    assert len(list(stream(LiveFrames(), detector, batch_size=8))) == 6
+    assert len(list(stream(detector, LiveFrames(), batch_size=8))) == 6
     assert [len(b) for b in model.batches] == [1] * 6
 
 
@@ -120,7 +120,7 @@ def test_bad_batch_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert err[-1] == "error: --batch-size must be at least 1, got 0"
     assert not list(tmp_path.iterdir())
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
-        stream(frames([(8, 8)]), Detector(Recording(), device="cpu"), batch_size=0)
+        stream(Detector(Recording(), device="cpu"), frames([(8, 8)]), batch_size=0)
 
 
 def test_gpu_benchmark_script_runs(tmp_path: Path) -> None:
@@ -161,7 +161,7 @@ def test_model_input_is_contiguous_float_and_bad_batch_sizes_raise() -> None:
     assert detector.preprocess([frame])[0].dtype == torch.uint8
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
         run(detector, DEMO, sinks=[], batch_size=0, progress=False)
-    assert stream(frames([(8, 8)]), detector).batch_size == 1  # the CPU default
+    assert stream(detector, frames([(8, 8)])).batch_size == 1  # the CPU default
 
 
 @pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")

@@ -85,7 +85,7 @@ def test_a_failing_stage_stops_everything(where: str) -> None:
 
 def test_stream_yields_in_order_and_stops_early() -> None:
     got = []
-    for frame, dets in stream(frames(10_000), Detector(Tiny()), queue_size=2):
+    for frame, dets in stream(Detector(Tiny()), frames(10_000), queue_size=2):
         got.append((frame.index, len(dets)))
         if frame.index == 4:
             break
@@ -93,7 +93,7 @@ def test_stream_yields_in_order_and_stops_early() -> None:
     assert no_pipeline_threads()
     got = []
     with pytest.raises(OSError):
-        for frame, _ in stream(frames(10, fail_at=3), Detector(Tiny())):
+        for frame, _ in stream(Detector(Tiny()), frames(10, fail_at=3)):
             got.append(frame.index)
     assert got == [0, 1, 2], "frames decoded before a source error are still yielded"
     assert no_pipeline_threads()

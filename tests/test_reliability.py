@@ -75,7 +75,7 @@ def test_100_open_close_cycles_leave_nothing_behind() -> None:
             if i % 2:
                 run_pipeline(src, detector, lambda f, d: None, queue_size=2)  # early stop below is the other half
             else:
-                for n, _ in enumerate(stream(src, detector, queue_size=2)):
+                for n, _ in enumerate(stream(detector, src, queue_size=2)):
                     if n == 3:
                         break
     settle()

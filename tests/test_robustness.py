@@ -78,7 +78,7 @@ def test_closing_the_source_under_a_kept_stream_does_not_crash(tmp_path: Path) -
         detector = Detector(Tiny())
         for _ in range(5):
             with open_source({str(DEMO)!r}) as source:
-                gen = stream(source, detector, queue_size=1)
+                gen = stream(detector, source, queue_size=1)
                 for i, _ in enumerate(gen):
                     if i == 3:
                         break

@@ -311,8 +311,9 @@ class VideoFileSink(_PartialFileSink):
     """
 
     def __init__(
-        self, path: Path, fps: float, size: tuple[int, int], *, timed: bool = False, codec: str = "auto"
+        self, path: str | Path, fps: float, size: tuple[int, int], *, timed: bool = False, codec: str = "auto"
     ) -> None:
+        path = Path(path)
         check_video_codec(path, codec)
         if not fps > 0:
             raise SinkError(f"cannot write video {path} at {fps} frames/s; give a positive fps")
@@ -385,7 +386,8 @@ class ImageSink(_Sink):
     paths). Each file is written to a temporary name and renamed into place.
     """
 
-    def __init__(self, path: Path, *, folder: bool) -> None:
+    def __init__(self, path: str | Path, *, folder: bool) -> None:
+        path = Path(path)
         self.path = path
         self.folder = folder
         self.frames = 0
@@ -425,7 +427,8 @@ class JsonlSink(_PartialFileSink):
     being written: ``{"frame", "time", ["image",] "detections"}``; ``image`` (the frame's name)
     when ``with_image`` (image inputs)."""
 
-    def __init__(self, path: Path, *, with_image: bool = False) -> None:
+    def __init__(self, path: str | Path, *, with_image: bool = False) -> None:
+        path = Path(path)
         self.path = path
         self.with_image = with_image
         self.lines = 0

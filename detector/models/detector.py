@@ -60,13 +60,19 @@ def _is_pil(frame: Any) -> bool:
 
 
 def _as_array(frame: Any) -> Any:
-    """File paths and PIL images become BGR uint8 arrays; anything else passes through."""
+    """File paths, encoded image bytes and PIL images become BGR uint8 arrays; anything else passes through."""
     if isinstance(frame, (str, Path)):
         from ..io.sources import read_image
 
         image = read_image(Path(frame))
         if image is None:
             raise ValueError(f"cannot read {frame} as an image; check the path and that it is an image file")
+        return image
+    if isinstance(frame, (bytes, bytearray, memoryview)):
+        image = cv2.imdecode(np.frombuffer(frame, np.uint8), cv2.IMREAD_COLOR) if len(frame) else None
+        if image is None:
+            raise ValueError(f"{len(frame)} bytes that are not an encoded image OpenCV decodes (JPEG, PNG, ...); "
+                             "pass encoded image bytes, a path, a BGR uint8 array or an RGB tensor")  # fmt: skip
         return image
     if _is_pil(frame):
         return np.ascontiguousarray(np.asarray(frame.convert("RGB"))[:, :, ::-1])
@@ -201,6 +207,9 @@ class Detector:
         if isinstance(frame, torch.Tensor):
             if frame.ndim != 3 or frame.shape[0] != 3:
                 raise ValueError(f"tensor frames must be RGB (3, H, W), got shape {tuple(frame.shape)}")
+            if frame.is_floating_point() and float(frame.max()) > 1.0 + 1e-3:  # 0..255 read as 0..1: nonsense boxes
+                raise ValueError(f"float tensor frames are RGB in 0..1, got values up to {float(frame.max()):.1f}; "
+                                 "divide by 255 or pass a uint8 tensor")  # fmt: skip
             return frame.to(self.device, non_blocking=True)
         if not isinstance(frame, np.ndarray):
             raise TypeError(f"frames must be numpy arrays or tensors, got {type(frame).__name__}")
@@ -304,7 +313,7 @@ class Detector:
             raise TypeError(NONE_FRAME)
         single = (
             (isinstance(frames, (np.ndarray, torch.Tensor)) and frames.ndim in (2, 3))
-            or isinstance(frames, (str, Path))
+            or isinstance(frames, (str, Path, bytes, bytearray, memoryview))
             or _is_pil(frames)
         )
         batch: Sequence[Frame] = [frames] if single else list(frames)  # type: ignore[list-item,arg-type]
