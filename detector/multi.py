@@ -36,7 +36,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-import torch
 import torch.distributed as dist
 
 from .config import DetectorConfig
@@ -346,8 +345,6 @@ def _run_many(
     args: argparse.Namespace, cfg: DetectorConfig, group: Group, spec: str | Path, stats_path: Path | None
 ) -> int:
     plan = group.by_rank0(lambda: _plan(args, spec, stats_path))
-    if group.size > 1 and cfg.weights == "random":
-        torch.manual_seed(0)  # every process draws the same untrained weights
     progress = not args.quiet and group.rank == 0
     detector = group.step(lambda: Detector.from_config(cfg, progress=progress))
     log.info("model %s on %s (%s); %d process(es)", detector.name, detector.device, detector.precision, group.size)

@@ -20,6 +20,8 @@ from . import weights as W
 from .registry import MODELS, ModelSpec, get_spec
 
 log = logging.getLogger(__name__)
+RANDOM_SEED = 0
+"""``weights="random"`` draws its tensors from this seed: two builds of a model are identical (one cache entry)."""
 TORCHSCRIPT_SUFFIXES = (".pt", ".ts", ".jit", ".torchscript", ".pth")
 
 
@@ -91,11 +93,23 @@ def _class_names(cfg: DetectorConfig, num_classes: int) -> tuple[str, ...]:
     return tuple(f"class_{i}" for i in range(num_classes))
 
 
+def _build_random(spec: ModelSpec, cfg: DetectorConfig, num_classes: int) -> nn.Module:
+    """Untrained weights drawn from :data:`RANDOM_SEED`, leaving the caller's RNG state as it was.
+
+    Every process and every call gets the same tensors, so ``--weights random`` runs share one
+    export cache entry, engines can be compared on them, and torchrun's processes agree. Modules
+    are built on the CPU, so only the CPU generator is forked and seeded.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(RANDOM_SEED)
+        return spec.build(cfg, num_classes)
+
+
 def _build_registry(spec: ModelSpec, cfg: DetectorConfig, progress: bool) -> tuple[nn.Module, int]:
     wanted = cfg.num_classes or (len(cfg.class_names) if cfg.class_names else None)
     if cfg.weights == "random":
         num_classes = wanted or len(COCO_CLASS_NAMES)
-        return spec.build(cfg, num_classes), num_classes
+        return _build_random(spec, cfg, num_classes), num_classes
     path = W.resolve(spec, cfg.weights, progress=progress)
     state_dict = W.load_state_dict(path)
     in_file = spec.num_classes_in(state_dict)
