@@ -8,7 +8,8 @@ baked into the graph (sizes, thresholds, classes) plus the precision, so a
 change to any of them makes a new entry instead of reusing a stale one.
 
 Cache folder: ``$DETECTOR_CACHE`` if set, else ``$XDG_CACHE_HOME/detector``
-(``~/.cache/detector``), under ``exports/``.
+(``~/.cache/detector``), under ``exports/``; its size limit, eviction and safety between
+processes are in :mod:`detector.engines.cache`.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 from ..config import DetectorConfig
 from ..errors import ConfigError, EngineError
 from ..models.build import PostLimits
 from .base import Engine
+from .cache import cache_dir as cache_dir
+from .cache import evict, exports_dir, max_mb, publish, staging, touch
 from .export import export_model, weights_sha256
 from .sidecar import Sidecar, read_sidecar
 
@@ -31,15 +33,6 @@ log = logging.getLogger(__name__)
 FILE_ENGINES = {".xml": "openvino", ".onnx": "onnxruntime"}
 FORMAT_OF_ENGINE = {"openvino": "openvino", "onnxruntime": "onnx"}
 _DEFAULTS = DetectorConfig()
-
-
-def cache_dir() -> Path:
-    """Where registry models exported on first use are kept (``$DETECTOR_CACHE`` overrides)."""
-    env = os.environ.get("DETECTOR_CACHE")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "detector"
 
 
 def cache_key(cfg: DetectorConfig, weights_sha: str, fmt: str) -> str:
@@ -115,32 +108,61 @@ def load_exported(cfg: DetectorConfig, path: Path) -> tuple[Engine, tuple[str, .
     return open_engine(path, engine, cfg.precision), names, limits
 
 
+def _valid_sidecar(path: Path, *, quiet: bool = False) -> Sidecar | None:
+    """The sidecar of a cached export whose files all match their checksums, else None."""
+    if not path.is_file():
+        return None
+    try:
+        return read_sidecar(path)
+    except EngineError as exc:
+        if path.is_file() and not quiet:  # not merely removed by another process meanwhile
+            log.warning("cached export unusable (%s); exporting again", exc)
+        return None
+
+
+def _open_cached(path: Path, cfg: DetectorConfig) -> tuple[Engine, Sidecar] | None:
+    """The cached export at ``path`` as an engine (touched: used now), or None to export it (again)."""
+    sidecar = _valid_sidecar(path)
+    if sidecar is None:
+        return None
+    touch(path.parent)
+    try:
+        engine = open_engine(path, cfg.engine, cfg.precision)
+    except EngineError:
+        if path.is_file():
+            raise
+        log.info("cached export %s was evicted by another process; exporting again", path.parent.name)
+        return None
+    log.info("using cached export %s", path)
+    return engine, sidecar
+
+
 def load_cached(cfg: DetectorConfig, *, progress: bool = True) -> tuple[Engine, tuple[str, ...], PostLimits]:
     """A registry model on OpenVINO / ONNX Runtime: exported into the cache on first use, reused after."""
     from ..models.build import build_model
 
+    max_mb()  # a bad $DETECTOR_CACHE_MAX_MB is one line now, not after a long export
     fmt = FORMAT_OF_ENGINE[cfg.engine]
     model = None
     if cfg.weights == "random":  # no file to fingerprint: the (seeded) tensors are the weights
         model, names, _ = build_model(cfg, progress=progress)
     sha = weights_sha256(cfg, model)
-    entry = cache_dir() / "exports" / f"{cfg.model}-{cache_key(cfg, sha, fmt)}"
+    entry = exports_dir() / f"{cfg.model}-{cache_key(cfg, sha, fmt)}"
     path = entry / ("model.xml" if fmt == "openvino" else "model.onnx")
-    sidecar = None
-    if path.is_file():
-        try:
-            sidecar = read_sidecar(path)
-        except EngineError as exc:
-            log.warning("cached export unusable (%s); exporting again", exc)
-    if sidecar is None:
+    hit = _open_cached(path, cfg)
+    if hit is not None:
+        engine, sidecar = hit
+    else:
         if model is None:
             model, names, _ = build_model(cfg, progress=progress)
-        export_model(model, cfg, names, path, fmt=fmt, weights_sha=sha, progress=progress)
+        with staging(entry) as tmp:
+            export_model(model, cfg, names, tmp / path.name, fmt=fmt, weights_sha=sha, progress=progress)
+            if publish(tmp, entry, lambda e: _valid_sidecar(e / path.name, quiet=True) is not None):
+                log.info("exported %s to %s", cfg.model, path)
+        touch(entry)
+        evict(keep=entry)
         sidecar = read_sidecar(path, verify=False)
-        log.info("exported %s to %s", cfg.model, path)
-    else:
-        log.info("using cached export %s", path)
-    engine = open_engine(path, cfg.engine, cfg.precision)
+        engine = open_engine(path, cfg.engine, cfg.precision)
     # torchvision's own limits are baked in; class filtering is left to Detector, as for the torch engine.
     return engine, _class_names(cfg, sidecar, path), PostLimits(cfg.model, cfg.score_threshold, None)
 
