@@ -1,4 +1,4 @@
-"""``detector run | eval | weights`` -- the only place that configures logging."""
+"""``detector run | eval | export | weights | cache`` -- the only place that configures logging."""
 
 from __future__ import annotations
 
@@ -200,6 +200,27 @@ def cmd_weights(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    """``detector cache list|clear``: the registry models exported on first use by --engine openvino|onnxruntime."""
+    from datetime import datetime
+
+    from .engines import cache
+
+    where = cache.exports_dir()
+    limit = cache.max_mb()
+    if args.action == "clear":
+        removed, freed = cache.clear()
+        print(f"removed {removed} entries ({freed / cache.MB:.1f} MB) from {where}")
+        return 0
+    found = cache.entries()
+    for e in found:
+        used = datetime.fromtimestamp(e.last_used).strftime("%Y-%m-%d %H:%M")
+        print(f"{e.path.name:52s} {e.model:28s} {e.format:9s} {e.precision:5s} {e.size_mb:8.1f} MB  last used {used}")
+    total = sum(e.size for e in found) / cache.MB
+    print(f"total: {len(found)} entries, {total:.1f} MB of the {limit:g} MB limit (${cache.MAX_MB_ENV}) in {where}")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .eval import CocoEvaluator, load_dataset
     from .eval.dataset import DatasetError
@@ -333,6 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("list", "download", "verify"))
     p.add_argument("names", nargs="*", help="model names (default: all four)")
     p.set_defaults(func=cmd_weights)
+
+    p = sub.add_parser("cache", parents=[quiet],
+                       help="list or clear the export cache of --engine openvino|onnxruntime")  # fmt: skip
+    p.add_argument("action", choices=("list", "clear"))
+    p.set_defaults(func=cmd_cache)
     return parser
 
 
