@@ -7,6 +7,7 @@ nothing here listens on, or sends to, any other address. Every loop is bounded i
 from __future__ import annotations
 
 import gc
+import hmac
 import http.client
 import logging
 import os
@@ -19,7 +20,6 @@ import numpy as np
 import pytest
 
 from detector.errors import SinkError
-from detector.io import browser
 from detector.io.browser import BrowserSink, access_token, check_token
 
 from .conftest import TORCHSCRIPT, VIDEO, need
@@ -138,8 +138,8 @@ def test_the_token_works_by_query_and_by_cookie(served: BrowserSink, monkeypatch
         calls.append(1)
         return _compare(a, b)
 
-    _compare = browser.hmac.compare_digest
-    monkeypatch.setattr(browser.hmac, "compare_digest", compare)
+    _compare = hmac.compare_digest
+    monkeypatch.setattr(hmac, "compare_digest", compare)
     assert served.view_url == f"http://127.0.0.1:{served.port}/?token={TOKEN}"
     status, headers, page = get(served, f"/?token={TOKEN}")
     assert status == 200 and b'<img id="view" src="/stream.mjpg"' in page and TOKEN.encode() not in page

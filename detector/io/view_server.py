@@ -1,0 +1,445 @@
+"""The live view's HTTP server: aiohttp on an event loop of its own thread.
+
+asyncio, so that a connection that waits, trickles or stalls costs a few kilobytes and no thread, and none
+of them can use up anything a real viewer needs:
+
+- A connection must send a whole request head within ``timeout`` seconds of being accepted (or of its
+  previous response), however it trickles: the deadline is set once, never pushed back by a byte. A
+  connection that reaches it is dropped with anything unsent, so a client that stops reading holds nothing.
+- Connections waiting for a request head are bounded by ``max_waiting``; one more closes the one that has
+  waited longest, so a flood can only push out other waiting connections, never a viewer being served.
+- The viewer cap (``max_viewers`` streams, 503 beyond) counts only authorised, complete requests: a connection
+  shows the token (or, on a token-free loopback view, one loopback Host header) before it takes a slot.
+- Every viewer sends the newest frame it has not sent yet, and a write that stalls for ``timeout`` seconds
+  drops that viewer: a slow viewer skips frames and never holds up the pipeline or the other viewers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import html
+import json
+import logging
+import socket
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from typing import Any
+
+from aiohttp import http_exceptions, web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http import HttpVersion11, RawRequestMessage
+from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import ERROR as UNPARSED
+
+from ..errors import SinkError
+from .view_access import Access, bind_socket, redact
+from .view_page import BOUNDARY, PAGE, SCRIPT, SECURITY_HEADERS, SERVER_NAME, STYLE, part_head
+
+log = logging.getLogger(__name__)
+DEFAULT_MAX_VIEWERS = 32
+DEFAULT_TIMEOUT = 5.0
+MAX_WAITING = 256
+"""Connections waiting for a request head; well below a default limit of 1024 open files, so accept never fails."""
+FRAME_WAIT_S = 5.0  # /frame.jpg before the first frame
+START_TIMEOUT_S = 10.0
+_BAD_METHOD: type[Exception] | tuple[()] = getattr(http_exceptions, "BadHttpMethod", ())  # older aiohttp: 400
+
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
+
+def plain(status: HTTPStatus, text: str, *extra: tuple[str, str], close: bool = False) -> web.Response:
+    """A text/plain response with the security headers; ``close`` ends the connection after it."""
+    return respond(text.encode(), "text/plain; charset=utf-8", *extra, status=status, close=close)
+
+
+def respond(
+    body: bytes, content_type: str, *extra: tuple[str, str], status: HTTPStatus = HTTPStatus.OK, close: bool = False
+) -> web.Response:
+    """A complete response with the security headers and our own Server name (never aiohttp's or Python's)."""
+    resp = web.Response(
+        status=status.value, body=body, headers=response_headers(("Content-Type", content_type), *extra)
+    )
+    if close:
+        resp.force_close()
+    return resp
+
+
+def response_headers(*extra: tuple[str, str]) -> dict[str, str]:
+    return dict((*extra, *SECURITY_HEADERS, ("Server", SERVER_NAME)))
+
+
+class FrameSlot:
+    """The newest JPEG and stats, written by the pipeline's thread and read by the server's loop.
+
+    One slot, not a queue: a reader asks for a frame newer than the one it has, and gets the newest.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seq = 0
+        self._jpeg: bytes | None = None
+        self._stats: dict[str, Any] = {"frame": 0, "fps": 0.0, "latency_ms": 0.0, "detections": 0}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._changed: asyncio.Event | None = None
+        self._wake_pending = False
+        self.closed = False
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Called on ``loop`` once: from now on, publishing wakes the readers waiting on it."""
+        self._changed = asyncio.Event()
+        self._loop = loop
+
+    def publish(self, jpeg: bytes, stats: dict[str, Any] | None) -> None:
+        """Replace the frame (any thread); never waits for a reader."""
+        with self._lock:
+            self._jpeg = jpeg
+            self._seq += 1
+            if stats:
+                self._stats.update(stats)
+            wake, self._wake_pending = not self._wake_pending, True
+        if wake and self._loop is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._wake)
+            except RuntimeError:  # the loop has closed
+                pass
+
+    def _wake(self) -> None:
+        with self._lock:
+            self._wake_pending = False
+        if self._changed is not None:
+            changed, self._changed = self._changed, asyncio.Event()
+            changed.set()
+
+    def close(self) -> None:
+        """On the loop: readers waiting now, or later, return at once."""
+        self.closed = True
+        self._wake()
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return dict(self._stats)
+
+    async def newer_than(self, seq: int, timeout: float) -> tuple[int, bytes | None]:
+        """The newest frame newer than ``seq``, waiting up to ``timeout`` for one, as (seq, jpeg or None)."""
+        with self._lock:
+            newest, jpeg = self._seq, self._jpeg
+        if newest <= seq and not self.closed and self._changed is not None:
+            try:
+                await asyncio.wait_for(self._changed.wait(), timeout)
+            except asyncio.TimeoutError:
+                return seq, None
+            with self._lock:
+                newest, jpeg = self._seq, self._jpeg
+        return (newest, jpeg) if newest > seq else (seq, None)
+
+
+class _Protocol(web.RequestHandler):
+    """aiohttp's HTTP/1.1 connection, with errors answered in our plain text and headers."""
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """Malformed requests (aiohttp's parser) and handler failures: one plain line that quotes nothing
+        the client sent, the security headers, and the connection closed."""
+        if request.writer.output_size > 0:
+            raise ConnectionError("the response has started; the connection is dropped")
+        if status >= 500:
+            log.error("live view: error serving a request", exc_info=exc)
+        else:
+            log.debug("live view: %d %s", status, redact(str(message or exc or "")))
+        code = HTTPStatus.NOT_IMPLEMENTED if isinstance(exc, _BAD_METHOD) else HTTPStatus(status)
+        return plain(code, f"{code.value} {code.phrase}\n", close=True)
+
+
+class _Connections(web.Server):
+    """aiohttp's low-level server, knowing which connections wait for a request head and until when.
+
+    A connection waits from accept, and again after each response on a kept-alive connection, until a
+    request handler admits it. A sweeper closes those past their deadline; beyond ``max_waiting`` the
+    longest waiting one is closed at once.
+    """
+
+    def __init__(self, handler: Handler, *, timeout: float, max_waiting: int, warn: Callable[[str], None]) -> None:
+        super().__init__(
+            handler,
+            request_factory=self._request,
+            handler_cancellation=True,  # a viewer that hangs up ends its handler at once
+            keepalive_timeout=timeout,  # aiohttp's own timer: idle kept-alive connections, from the last response
+            lingering_time=0,  # a request body is never read: close instead of waiting for it
+            access_log=None,  # aiohttp's access log would print the token; we log redacted lines
+        )
+        self.timeout = timeout
+        self.max_waiting = max_waiting
+        self._warn = warn
+        self._waiting: OrderedDict[web.RequestHandler, float] = OrderedDict()  # in order of deadline
+        self.open: set[web.RequestHandler] = set()
+
+    def __call__(self) -> web.RequestHandler:
+        return _Protocol(self, loop=self._loop, **self._kwargs)
+
+    def _request(
+        self,
+        message: RawRequestMessage,
+        payload: StreamReader,
+        protocol: web.RequestHandler,
+        writer: AbstractStreamWriter,
+        task: asyncio.Task[None],
+    ) -> web.BaseRequest:
+        """aiohttp's request, except that a request it could not parse (its stand-in message) is answered in
+        HTTP/1.1, like every other response, rather than in HTTP/1.0."""
+        if message is UNPARSED:
+            message = message._replace(version=HttpVersion11)
+        return web.BaseRequest(message, payload, protocol, writer, task, self._loop)
+
+    def connection_made(self, handler: web.RequestHandler, transport: asyncio.Transport) -> None:
+        super().connection_made(handler, transport)
+        self.open.add(handler)
+        self.wait(handler)
+
+    def connection_lost(self, handler: web.RequestHandler, exc: BaseException | None = None) -> None:
+        super().connection_lost(handler, exc)
+        self.open.discard(handler)
+        self._waiting.pop(handler, None)
+
+    def wait(self, handler: web.RequestHandler) -> None:
+        """``handler``'s connection now waits for a request head, for at most ``timeout`` from now."""
+        if handler not in self.open:
+            return
+        self._waiting.pop(handler, None)
+        self._waiting[handler] = self._loop.time() + self.timeout
+        if len(self._waiting) > self.max_waiting:
+            oldest, _ = self._waiting.popitem(last=False)
+            _drop(oldest)
+            self._warn(f"{self.max_waiting} connections waiting for a request; closing the longest waiting")
+
+    def admit(self, handler: web.RequestHandler) -> None:
+        """``handler``'s request is complete and allowed: it no longer waits, and no deadline applies."""
+        self._waiting.pop(handler, None)
+
+    def expire(self) -> None:
+        """Close every connection whose deadline has passed without a complete request head."""
+        now = self._loop.time()
+        while self._waiting:
+            handler, deadline = next(iter(self._waiting.items()))
+            if deadline > now:
+                return
+            del self._waiting[handler]
+            log.debug("live view: a connection sent no complete request within %.1f s; closed", self.timeout)
+            _drop(handler)
+
+    def abort_all(self) -> None:
+        """Drop every connection now."""
+        for handler in list(self.open):
+            _drop(handler)
+
+
+def _drop(handler: web.RequestHandler) -> None:
+    """Close a connection now, discarding what it has not taken yet: a plain close would wait, with no time
+    limit, for a client that does not read to take the rest of a frame."""
+    if handler.transport is not None:
+        handler.transport.abort()
+    handler.force_close()
+
+
+class LiveViewServer:
+    """Serves ``/`` (page), ``/view.js``, ``/view.css``, ``/stream.mjpg``, ``/frame.jpg`` and ``/stats.json``
+    on ``host:port`` from a thread running its own event loop, until :meth:`close`.
+
+    ``token``: the access token every request must show, or None for none (then, on a loopback ``host``,
+    only requests with one loopback Host header are answered). ``timeout``: seconds a connection has to send
+    a request head, and the longest a stream write may stall. Binding fails at once with one-line SinkError.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        token: str | None,
+        check_host: bool,
+        title: str = "detector",
+        max_viewers: int = DEFAULT_MAX_VIEWERS,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_waiting: int = MAX_WAITING,
+    ) -> None:
+        if max_viewers < 1:
+            raise SinkError(f"--max-viewers must be at least 1, got {max_viewers}")
+        self.title, self.max_viewers, self.timeout, self.max_waiting = title, max_viewers, timeout, max_waiting
+        self.frames = FrameSlot()
+        self.viewers = 0
+        self._warned_at: dict[str, float] = {}
+        self._connections: _Connections | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        sock = bind_socket(host, port)
+        self.host, self.port = str(sock.getsockname()[0]), int(sock.getsockname()[1])
+        self.access = Access(token, port=self.port, check_host=check_host)
+        self._routes: dict[str, Handler] = {
+            "/": self._page, "/index.html": self._page, "/view.js": self._script, "/view.css": self._style,
+            "/stats.json": self._stats, "/frame.jpg": self._frame, "/stream.mjpg": self._stream,
+        }  # fmt: skip
+        started: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._thread = threading.Thread(target=self._run, args=(sock, started), name="detector-http", daemon=True)
+        self._thread.start()
+        try:
+            started.result(timeout=START_TIMEOUT_S)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def connections(self) -> int:
+        """Open TCP connections, whatever they are doing."""
+        return len(self._connections.open) if self._connections is not None else 0
+
+    def publish(self, jpeg: bytes, stats: dict[str, Any] | None = None) -> None:
+        """Make ``jpeg`` the newest frame (from any thread); never waits for viewers."""
+        self.frames.publish(jpeg, stats)
+
+    def close(self) -> None:
+        """Stop serving: every connection is dropped, the loop ends and its thread is joined."""
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None:
+            try:
+                loop.call_soon_threadsafe(stop.set)
+            except RuntimeError:  # the loop has already closed
+                pass
+        self._thread.join(timeout=10)
+
+    def warn_full(self, what: str) -> None:
+        """Tell the operator the viewer cap is reached."""
+        self._warn("full", f"{what}, the most it serves; answering 503 to more (--max-viewers raises it)")
+
+    def _warn(self, kind: str, message: str) -> None:
+        """Log a warning at most once a minute per kind: a flood must not flood the log."""
+        now = time.monotonic()
+        if now - self._warned_at.get(kind, -1e9) >= 60:
+            self._warned_at[kind] = now
+            log.warning("live view: %s", message)
+
+    def _run(self, sock: socket.socket, started: concurrent.futures.Future[None]) -> None:
+        """The server thread: the loop lives and dies here (asyncio.run closes it and its tasks)."""
+        try:
+            asyncio.run(self._serve(sock, started))
+        except BaseException as exc:  # handed to the constructor, or logged if too late
+            if not started.done():
+                started.set_exception(exc)
+            else:
+                log.exception("live view: the server stopped on an error")
+        finally:
+            sock.close()
+
+    async def _serve(self, sock: socket.socket, started: concurrent.futures.Future[None]) -> None:
+        loop = self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self.frames.attach(loop)
+        self._connections = _Connections(
+            self._handle,
+            timeout=self.timeout,
+            max_waiting=self.max_waiting,
+            warn=lambda text: self._warn("waiting", text),
+        )
+        runner = web.ServerRunner(self._connections, shutdown_timeout=1.0)
+        await runner.setup()
+        sweeper: asyncio.Task[None] | None = None
+        try:
+            await web.SockSite(runner, sock, backlog=128).start()  # a burst waits to be accepted, not SYN-retried
+            sweeper = asyncio.create_task(self._sweep())
+            started.set_result(None)
+            await self._stop.wait()
+        finally:
+            self.frames.close()  # streams end their loops
+            if sweeper is not None:
+                sweeper.cancel()
+            self._connections.abort_all()
+            await runner.cleanup()
+
+    async def _sweep(self) -> None:
+        """Enforce the request-head deadline, checked a few times per timeout."""
+        assert self._connections is not None
+        tick = min(0.25, self.timeout / 4)
+        while True:
+            await asyncio.sleep(tick)
+            self._connections.expire()
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Every request: the method, then the access rule, then the route; the viewer's slot only after both."""
+        log.debug("live view: %s %s", request.method, redact(request.path_qs))
+        if request.method != "GET":
+            return plain(HTTPStatus.NOT_IMPLEMENTED, "501 Not Implemented\n", close=True)
+        refused = self.access.refusal(
+            request.query.getall("token", []), request.headers.getall("Cookie", []), request.headers.getall("Host", [])
+        )
+        if refused is not None:
+            return plain(*refused, close=True)  # a connection without the token holds nothing once answered
+        assert self._connections is not None
+        self._connections.admit(request.protocol)
+        try:
+            route = self._routes.get(request.path)
+            if route is None:
+                return plain(HTTPStatus.NOT_FOUND, "not found\n")  # never echoes the path
+            return await route(request)
+        finally:
+            self._connections.wait(request.protocol)  # a kept-alive connection waits for its next request
+
+    async def _page(self, request: web.BaseRequest) -> web.StreamResponse:
+        extra = (("Set-Cookie", self.access.cookie()),) if self.access.token and "token" in request.query else ()
+        return respond(PAGE.format(title=html.escape(self.title)).encode(), "text/html; charset=utf-8", *extra)
+
+    async def _script(self, request: web.BaseRequest) -> web.StreamResponse:
+        return respond(SCRIPT.encode(), "text/javascript; charset=utf-8")
+
+    async def _style(self, request: web.BaseRequest) -> web.StreamResponse:
+        return respond(STYLE.encode(), "text/css; charset=utf-8")
+
+    async def _stats(self, request: web.BaseRequest) -> web.StreamResponse:
+        return respond(json.dumps({**self.frames.stats, "viewers": self.viewers}).encode(), "application/json")
+
+    async def _frame(self, request: web.BaseRequest) -> web.StreamResponse:
+        jpeg = (await self.frames.newer_than(-1, FRAME_WAIT_S))[1]
+        if jpeg is None:
+            return plain(HTTPStatus.SERVICE_UNAVAILABLE, "no frame yet\n")
+        return respond(jpeg, "image/jpeg")
+
+    async def _stream(self, request: web.BaseRequest) -> web.StreamResponse:
+        """MJPEG: the newest frame not yet sent, each time the previous one is written."""
+        if self.viewers >= self.max_viewers:
+            self.warn_full(f"{self.max_viewers} viewers")
+            text = f"this live view has its {self.max_viewers} viewers; try again later\n"
+            return plain(HTTPStatus.SERVICE_UNAVAILABLE, text, ("Retry-After", "5"), close=True)
+        self.viewers += 1
+        try:
+            resp = web.StreamResponse(
+                headers=response_headers(("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}"))
+            )
+            resp.force_close()
+            try:
+                await resp.prepare(request)
+            except ConnectionError:
+                return resp
+            seq = -1
+            while not self.frames.closed:
+                seq, jpeg = await self.frames.newer_than(seq, timeout=1.0)
+                if jpeg is None:
+                    continue
+                try:
+                    await asyncio.wait_for(resp.write(part_head(len(jpeg)) + jpeg + b"\r\n"), self.timeout)
+                except ConnectionError:  # the viewer went away
+                    break
+                except asyncio.TimeoutError:
+                    log.debug("live view: a viewer took no data for %.1f s; dropped", self.timeout)
+                    if request.transport is not None:
+                        request.transport.abort()  # close() would wait for it to take what is buffered
+                    break
+            return resp
+        finally:
+            self.viewers -= 1
