@@ -1,16 +1,21 @@
 """The live view is safe to expose: token, caps, timeouts, headers -- against a real server on 127.0.0.1.
 
 A token asked for explicitly makes a loopback server behave as one bound beyond loopback, so
-nothing here listens on, or sends to, any other address. Every loop is bounded in count and time.
+nothing here sends to any other address; one test binds 0.0.0.0 (with its random token) to check that
+kind of view as users start it, and reaches it via 127.0.0.1. Every loop is bounded in count and time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hmac
 import http.client
+import itertools
 import logging
 import os
+import select
+import selectors
 import socket
 import threading
 import time
@@ -20,7 +25,8 @@ import numpy as np
 import pytest
 
 from detector.errors import SinkError
-from detector.io.browser import BrowserSink, access_token, check_token
+from detector.io import browser
+from detector.io.browser import BOUNDARY, DEFAULT_TIMEOUT, BrowserSink, access_token, check_token
 
 from .conftest import TORCHSCRIPT, VIDEO, need
 
@@ -279,6 +285,273 @@ def test_a_viewer_that_hangs_up_while_no_frames_come_is_let_go() -> None:
         assert wait_until(lambda: sink.viewers == 1, 3)
         s.close()
         assert wait_until(lambda: sink.viewers == 0 and sink.connections == 0, 5)
+
+
+def raw_request(port: int, head: str) -> tuple[int, bytes, bytes]:
+    """Send ``head`` as it is on a fresh connection; the status, response head and body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(head.encode())
+        reply = b""
+        while b"\r\n\r\n" not in reply and (chunk := s.recv(65536)):
+            reply += chunk
+    head_bytes, _, body = reply.partition(b"\r\n\r\n")
+    return int(head_bytes.split(b" ", 2)[1]), head_bytes, body
+
+
+class Tricklers:
+    """``n`` connections that each send one byte of a request every ``period`` s and never finish it (the
+    reported attack), in one thread. A connection the server closes is reopened (at most every 0.5 s per
+    slot), as an attacker would; ``lifetimes`` holds how long each closed one lasted."""
+
+    def __init__(self, port: int, n: int, period: float, request: bytes) -> None:
+        self.port, self.period, self.request = port, period, request
+        self.lifetimes: list[float] = []
+        self.stop = threading.Event()
+        self.sel = selectors.DefaultSelector()
+        self.slots: list[dict] = [{"retry": 0.0} for _ in range(n)]
+        for slot in self.slots:
+            self.open(slot, time.monotonic())
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+        self.thread.start()
+
+    @property
+    def connected(self) -> int:
+        return sum("sock" in slot for slot in self.slots)
+
+    def open(self, slot: dict, now: float) -> None:
+        try:
+            s = socket.create_connection(("127.0.0.1", self.port), timeout=2)
+        except OSError:
+            slot["retry"] = now + 0.5
+            return
+        s.setblocking(False)
+        slot.update(sock=s, opened=now, sent=0, next=now)
+        self.sel.register(s, selectors.EVENT_READ, slot)
+
+    def drop(self, slot: dict, now: float) -> None:
+        s = slot.pop("sock")
+        self.sel.unregister(s)
+        s.close()
+        self.lifetimes.append(now - slot["opened"])
+        slot["retry"] = now + 0.5
+
+    def loop(self) -> None:
+        while not self.stop.is_set():
+            for key, _ in self.sel.select(timeout=0.05):
+                slot = key.data
+                try:
+                    data = key.fileobj.recv(65536)  # type: ignore[union-attr]
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                if not data:  # closed by the server (an answer would be data: none is expected)
+                    self.drop(slot, time.monotonic())
+            now = time.monotonic()
+            for slot in self.slots:
+                if "sock" not in slot:
+                    if now >= slot["retry"]:
+                        self.open(slot, now)
+                elif now >= slot["next"] and slot["sent"] < len(self.request) - 1:  # never the last byte
+                    try:
+                        slot["sock"].send(self.request[slot["sent"] : slot["sent"] + 1])
+                        slot["sent"] += 1
+                        slot["next"] = now + self.period
+                    except OSError:
+                        self.drop(slot, now)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+        for slot in self.slots:
+            if "sock" in slot:
+                slot["sock"].close()
+        self.sel.close()
+
+
+class StreamReader:
+    """Reads an MJPEG stream in a thread and notes when each part arrives."""
+
+    def __init__(self, port: int, path: str) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        self.conn.request("GET", path)
+        self.sock = self.conn.sock
+        self.resp = self.conn.getresponse()
+        self.status = self.resp.status
+        self.arrivals: list[float] = []
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+        self.thread.start()
+
+    def loop(self) -> None:
+        marker, tail = b"--" + BOUNDARY.encode(), b""
+        try:
+            while chunk := self.resp.read1(1 << 20):
+                data, tail = tail + chunk, (tail + chunk)[-len(marker) + 1 :]
+                self.arrivals.extend([time.monotonic()] * data.count(marker))
+        except (OSError, ValueError, http.client.HTTPException):
+            pass  # closed
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the reading thread
+        self.thread.join(timeout=5)
+        self.conn.close()
+
+
+def test_trickling_connections_do_not_lock_out_viewers() -> None:
+    """The reported attack on both kinds of view at once, with the default settings: 70 connections per view
+    send one byte of a request every 2 s (each byte would restart an idle timer). A viewer's every request is
+    answered 200 and its stream keeps delivering, for 20 s: four head deadlines, so every trickler has been
+    cut off and come back several times and what the viewer sees is the steady state of the attack. On the
+    public view the tricklers show no token, and the token holder polls."""
+    local = BrowserSink("127.0.0.1", 0)  # as --serve 127.0.0.1:PORT: no token
+    public = BrowserSink("0.0.0.0", 0)  # as --serve 0.0.0.0:PORT: a random token; reached via 127.0.0.1 only
+    views = {"local": local, "public": public}
+    publishers = [Publisher(local, fps=15), Publisher(public, fps=15)]
+    tricklers: list[Tricklers] = []
+    streams: list[StreamReader] = []
+    soak = 20.0
+    try:
+        assert local.token is None and public.token, "the two kinds of view"
+        head = "GET /stats.json HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: " + "x" * 64 + "\r\n\r\n"
+        tricklers = [Tricklers(view.port, 70, 2.0, head.encode()) for view in views.values()]
+        assert wait_until(lambda: all(t.connected == 70 for t in tricklers), 10), [t.connected for t in tricklers]
+        time.sleep(1.0)  # the tricklers have begun to trickle
+        streams = [
+            StreamReader(v.port, "/stream.mjpg" + (f"?token={v.token}" if v.token else "")) for v in views.values()
+        ]
+        assert [s.status for s in streams] == [200, 200]
+        start = time.monotonic()
+        polls = 0
+        while time.monotonic() - start < soak:
+            for name, view in views.items():
+                for path in ("stats.json", "frame.jpg"):
+                    status, _, _ = get(view, f"/{path}" + (f"?token={view.token}" if view.token else ""))
+                    assert status == 200, f"{name} /{path} answered {status} after {time.monotonic() - start:.1f} s"
+                    polls += 1
+            time.sleep(0.2)
+        end = time.monotonic()
+        assert polls >= 100
+        for name, stream in zip(views, streams, strict=True):
+            gaps = np.diff([start, *[t for t in stream.arrivals if start <= t <= end], end])
+            assert len(gaps) > soak * 5 and gaps.max() < 2.0, f"{name} stream: {len(gaps)} parts, gap {gaps.max()} s"
+        for name, t in zip(views, tricklers, strict=True):
+            assert len(t.lifetimes) >= 70 * 2, f"{name}: tricklers cut off {len(t.lifetimes)} times"
+            assert max(t.lifetimes) < DEFAULT_TIMEOUT + 2, f"{name}: a trickler lasted {max(t.lifetimes):.1f} s"
+    finally:
+        for t in tricklers:
+            t.close()
+        for s in streams:
+            s.close()
+        for p in publishers:
+            p.close()
+        local.close()
+        public.close()
+
+
+def trickle_until_closed(s: socket.socket, data: bytes, period: float, limit: float) -> float:
+    """Send ``data`` one byte every ``period`` s until the server closes ``s``; the seconds that took
+    (``limit`` at most, and the sending never reaches the end of ``data``)."""
+    start = time.monotonic()
+    for i in itertools.count():
+        try:
+            s.send(data[i % (len(data) - 1) : i % (len(data) - 1) + 1])
+            readable, _, _ = select.select([s], [], [], period)
+            if readable and s.recv(1) == b"":
+                break
+        except OSError:
+            break
+        if time.monotonic() - start > limit:
+            break
+    return time.monotonic() - start
+
+
+def test_a_trickling_connection_is_closed_at_the_head_deadline() -> None:
+    """However it trickles, a connection has ``timeout`` seconds to send its request head: from accept, and
+    on a kept-alive connection from the end of the previous response. A byte every 0.2 s would hold an
+    idle timer of 1 s open forever."""
+    deadline, slack = 1.0, 1.0
+    with BrowserSink("127.0.0.1", 0, token=TOKEN, timeout=deadline) as sink:
+        Publisher(sink).close()
+        head = f"GET /stats.json?token={TOKEN} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: {'p' * 200}\r\n\r\n".encode()
+        with socket.create_connection(("127.0.0.1", sink.port), timeout=5) as fresh:
+            took = trickle_until_closed(fresh, head, 0.2, deadline + slack + 2)
+        assert deadline - 0.2 <= took <= deadline + slack, f"closed after {took:.2f} s"
+
+        conn = http.client.HTTPConnection("127.0.0.1", sink.port, timeout=5)
+        try:
+            conn.request("GET", f"/stats.json?token={TOKEN}")
+            resp = conn.getresponse()
+            assert resp.status == 200 and not resp.will_close and b"frame" in resp.read()
+            assert conn.sock is not None
+            took = trickle_until_closed(conn.sock, head, 0.2, deadline + slack + 2)
+        finally:
+            conn.close()
+        assert deadline - 0.2 <= took <= deadline + slack, f"kept-alive: closed {took:.2f} s after its response"
+        assert wait_until(lambda: sink.connections == 0, 5)
+
+        pub = Publisher(sink, shape=(480, 640), noise=True)  # ~200 kB frames
+        try:
+            with socket.create_connection(("127.0.0.1", sink.port), timeout=5) as deaf:  # asks, never reads
+                deaf.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                request = f"GET /frame.jpg?token={TOKEN} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+                deaf.sendall(request.encode() * 30)  # ~6 MB of answers: more than the socket buffers hold
+                start = time.monotonic()
+                assert wait_until(lambda: sink.connections == 1, 2)
+                assert wait_until(lambda: sink.connections == 0, deadline + slack), "the unsent frame is dropped"
+                assert time.monotonic() - start <= deadline + slack
+        finally:
+            pub.close()
+
+
+def test_waiting_connections_are_bounded_and_never_push_out_viewers() -> None:
+    """Connections that have not sent a request head take no viewer's slot: beyond ``MAX_WAITING`` of
+    them the longest waiting is closed, so a flood of silent connections (with a deadline long enough
+    not to help) leaves a stream that was admitted playing and lets a new viewer in."""
+    sink = BrowserSink("127.0.0.1", 0, token=TOKEN, timeout=30.0, max_viewers=2)
+    pub = Publisher(sink, fps=20)
+    silent: list[socket.socket] = []
+    stream = None
+    try:
+        stream = StreamReader(sink.port, f"/stream.mjpg?token={TOKEN}")
+        assert stream.status == 200
+        for _ in range(300):  # more than MAX_WAITING (256)
+            silent.append(socket.create_connection(("127.0.0.1", sink.port), timeout=5))
+        assert get(sink, f"/stats.json?token={TOKEN}")[0] == 200
+        assert get(sink, f"/frame.jpg?token={TOKEN}")[0] == 200
+        status, _, body = get(sink, f"/stream.mjpg?token={TOKEN}")
+        assert status == 200 and body.startswith(b"--detectorframe")
+        before = len(stream.arrivals)
+        assert wait_until(lambda: len(stream.arrivals) > before + 5, 5), "the admitted stream still plays"
+        assert wait_until(lambda: sink.connections <= browser.MAX_WAITING + 1, 5), sink.connections
+        time.sleep(0.2)
+        poller = select.poll()  # not select(): descriptors may be above 1024 here
+        for s in silent:
+            poller.register(s, select.POLLIN)
+        readable = {fd for fd, _ in poller.poll(0)}  # a closed socket reads (as b"")
+        closed = [s.fileno() in readable for s in silent]
+        assert sum(closed) >= 300 - browser.MAX_WAITING and not any(closed[-100:]), "the oldest were closed"
+    finally:
+        for s in silent:
+            s.close()
+        if stream is not None:
+            stream.close()
+        pub.close()
+        sink.close()
+
+
+def test_missing_or_repeated_host_headers_are_refused_on_a_loopback_view() -> None:
+    """Only a request with one Host header naming loopback is answered by a token-free loopback view: none
+    (an HTTP/1.0 client or a raw socket) or two (whichever comes first) is refused with 400."""
+    with BrowserSink("127.0.0.1", 0) as sink:
+        Publisher(sink).close()
+        assert raw_request(sink.port, "GET /frame.jpg HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")[0] == 200
+        twice = [("127.0.0.1", "evil.example"), ("localhost", "127.0.0.1"), ("evil.example", "127.0.0.1")]
+        for headers in ["", *(f"Host: {a}\r\nHost: {b}\r\n" for a, b in [*twice, ("127.0.0.1", "127.0.0.1")])]:
+            for version in ("1.1", "1.0"):
+                status, head, body = raw_request(sink.port, f"GET /frame.jpg HTTP/{version}\r\n{headers}\r\n")
+                assert status == 400, (headers, version, status)
+                assert b"nosniff" in head and b"no-store" in head and b"evil" not in body and b"\xff\xd8" not in body
 
 
 def test_stream_works_with_the_token_in_headless_chromium() -> None:
