@@ -6,7 +6,19 @@ from __future__ import annotations
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
-PRESETS_DIR = PACKAGE / "configs"
+
+
+def _presets_dir() -> Path:
+    """The YAML presets: ``detector/configs`` in an installed wheel (pyproject.toml maps the package
+    ``detector.configs`` to the checkout's top-level ``configs/``), that ``configs/`` in a checkout
+    (editable install or ``PYTHONPATH``)."""
+    checkout = PACKAGE.parent / "configs"
+    if not any((PACKAGE / "configs").glob("*.yaml")) and (PACKAGE.parent / "pyproject.toml").is_file():
+        return checkout
+    return PACKAGE / "configs"
+
+
+PRESETS_DIR = _presets_dir()
 DATA_DIR = PACKAGE / "data"
 DEMO_CLIP = DATA_DIR / "vtest_excerpt.mp4"
 """60 frames of OpenCV's vtest.avi (768x576, 10 fps); see ``data/README.md``."""

@@ -17,5 +17,10 @@ if ! .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
     # torch and torchvision in one command so pip picks a matching pair.
     .venv/bin/python -m pip install --quiet torch torchvision 2> >(grep -v "$NOISE" >&2)
 fi
+# The distribution is detector-rt (the import name and the command stay `detector`); a .venv made when it
+# was still called `detector` holds that one too, which would claim the same package: remove it.
+if .venv/bin/python -m pip show --quiet detector >/dev/null 2>&1; then
+    .venv/bin/python -m pip uninstall --quiet --yes detector 2> >(grep -v "$NOISE" >&2)
+fi
 .venv/bin/python -m pip install --quiet -e ".[dev]" 2> >(grep -v "$NOISE" >&2)
 .venv/bin/python -c "import torch, torchvision; print(f'torch {torch.__version__}, torchvision {torchvision.__version__}')"

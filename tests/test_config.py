@@ -25,7 +25,7 @@ def test_every_registry_model_has_a_preset() -> None:
 
 @pytest.mark.parametrize("model", sorted(PRESETS))
 def test_preset_matches_the_documented_defaults(model: str) -> None:
-    cfg = load_config(ROOT / "detector" / "configs" / PRESETS[model])
+    cfg = load_config(ROOT / "configs" / PRESETS[model])
     assert cfg == DetectorConfig(model=model)
 
 
@@ -36,7 +36,7 @@ def test_preset_realises_torchvision_defaults(model: str) -> None:
     import inspect
 
     spec = MODELS[model]
-    kwargs = spec.build_kwargs(load_config(ROOT / "detector" / "configs" / PRESETS[model]), 91)
+    kwargs = spec.build_kwargs(load_config(ROOT / "configs" / PRESETS[model]), 91)
     model_cls = spec.builder(weights=None, weights_backbone=None, num_classes=91).__class__
     defaults = {k: p.default for k, p in inspect.signature(model_cls.__init__).parameters.items()}
     for key, value in kwargs.items():
@@ -112,6 +112,6 @@ def test_class_names_must_match_num_classes() -> None:
         load_config(None, {"num_classes": 3, "class_names": ["bg", "cat"]})
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "detector" / "configs").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_loads(path: Path) -> None:
     assert load_config(path).model in MODELS

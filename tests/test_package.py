@@ -1,4 +1,9 @@
-"""The built wheel works outside the checkout: presets by name, the demo clip, the shipped model."""
+"""The built wheel works outside the checkout: presets by name, the demo clip, the shipped model.
+
+The presets live in the checkout's top-level ``configs/`` and ship as ``detector/configs/`` in the
+wheel (pyproject.toml's package-dir mapping); the distribution is ``detector-rt``, the import name
+``detector``.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,38 @@ import os
 import subprocess
 import sys
 import textwrap
+import zipfile
 from pathlib import Path
 
 import pytest
 
 from .conftest import ROOT
+
+CHECKOUT_PRESETS = sorted(p.name for p in (ROOT / "configs").glob("*.yaml"))
+DIST = "detector-rt"
+
+
+def test_every_subpackage_is_listed_in_pyproject() -> None:
+    """pyproject.toml lists the packages by hand (the presets' package-dir mapping rules out find):
+    a new folder of modules under detector/ must be listed, or the wheel would lack it."""
+    tomllib = pytest.importorskip("tomllib")
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    on_disk = {"detector"} | {
+        "detector." + ".".join(d.relative_to(ROOT / "detector").parts)
+        for d in (ROOT / "detector").rglob("*")
+        if d.is_dir() and d.name != "__pycache__" and (any(d.glob("*.py")) or d.name == "data")
+    }
+    assert set(setuptools["packages"]) == on_disk | {"detector.configs"}
+    assert setuptools["package-dir"] == {"detector.configs": "configs"}
+    assert CHECKOUT_PRESETS and not (ROOT / "detector" / "configs").exists()
+
+
+def test_checkout_finds_the_top_level_presets() -> None:
+    from detector.resources import PRESETS_DIR, preset_names, preset_path
+
+    assert PRESETS_DIR == ROOT / "configs"
+    assert preset_names() == [name.removesuffix(".yaml") for name in CHECKOUT_PRESETS]
+    assert preset_path("fast_cpu.yaml") == ROOT / "configs" / "fast_cpu.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +54,11 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if res.returncode != 0:  # no setuptools in this environment: let pip fetch it
         res = subprocess.run(build, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
-    (wheel,) = dist.glob("detector-*.whl")
+    (wheel,) = dist.glob("detector_rt-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    shipped = sorted(n.removeprefix("detector/configs/") for n in names if n.startswith("detector/configs/"))
+    assert shipped == CHECKOUT_PRESETS, f"the wheel's presets differ from configs/: {shipped}"
+    assert all(n.startswith(("detector/", "detector_rt-")) for n in names), [n for n in names if "/" not in n]
     res = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
                           str(wheel)], capture_output=True, text=True, timeout=300)  # fmt: skip
     assert res.returncode == 0, res.stderr[-2000:]
@@ -59,6 +95,12 @@ def test_installed_wheel_runs_from_any_folder(installed: Path, tmp_path: Path) -
         print("d2go:", main(["-q", "run", "--model", "d2go", "--max-frames", "2"]))
         cfg = detector.load_config("retinanet_r50_fpn_v2")
         print("load_config:", cfg.model)
+        from importlib import metadata
+        from detector.resources import PRESETS_DIR
+        assert str(PRESETS_DIR).startswith({str(installed)!r}), PRESETS_DIR
+        for preset in preset_names():
+            print("loaded", preset + ".yaml", detector.load_config(preset).model)
+        print("version:", metadata.version({DIST!r}), detector.__version__)
     """,
     )
     assert res.returncode == 0, res.stderr[-3000:]
@@ -71,6 +113,10 @@ def test_installed_wheel_runs_from_any_folder(installed: Path, tmp_path: Path) -
         out
     )
     assert "d2go: 0" in out and "load_config: retinanet_resnet50_fpn_v2" in out
+    loaded = sorted(line.split()[1] for line in out.splitlines() if line.startswith("loaded "))
+    assert loaded == CHECKOUT_PRESETS, out  # every preset of configs/ loads by name from the wheel
+    version = next(line for line in out.splitlines() if line.startswith("version:")).split()[1:]
+    assert version[0] == version[1], f"the wheel's metadata and detector.__version__ differ: {version}"
     videos = sorted(p.name for p in (tmp_path / "runs").glob("*.mp4"))
     assert len(videos) == presets + 1, f"each run keeps its own numbered output: {videos}"
     d2go = [p for p in (tmp_path / "runs").glob("*.jsonl") if len(p.read_text().splitlines()) == 2]
