@@ -1,4 +1,6 @@
-"""Timing helpers for the benchmark scripts: perf_counter, warm-up skipped, medians and p95."""
+"""Shared by the benchmark scripts: the real inputs in ../shared, timing (perf_counter, warm-up
+skipped, medians and p95), input sizes, the plain OpenCV loop they compare against, the machine line.
+Figures go to ``benchmarks/results/`` or the README, never into these docstrings."""
 
 from __future__ import annotations
 
@@ -15,6 +17,16 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 VIDEO = SHARED / "data" / "video" / "vtest.avi"
+TORCHSCRIPT = SHARED / "models" / "d2go_faster_rcnn_fbnetv3a_c4_coco_int8.torchscript.pt"
+"""The D2Go int8 TorchScript detector (the same file ships in the package as the model ``d2go``)."""
+
+
+def sized(min_size: int | None) -> dict[str, int]:
+    """Config overrides for a shorter side of ``min_size`` with torchvision's 800:1333 ratio for the
+    longer side (never binding on vtest.avi's 4:3 frames); none when ``min_size`` is unset."""
+    if not min_size:
+        return {}
+    return {"min_size": min_size, "max_size": max(min_size, min_size * 1333 // 800)}
 
 
 def sync(device: torch.device) -> None:

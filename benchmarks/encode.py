@@ -22,7 +22,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from common import VIDEO, machine, median
+from common import decode, machine, median
 
 from detector.io import VideoFileSink
 
@@ -73,18 +73,11 @@ def with_busy_thread(fn: Callable[[], tuple[float, float]]) -> tuple[float, floa
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--frames", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    cap = cv2.VideoCapture(str(VIDEO))
-    frames = []
-    while len(frames) < args.frames:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(frame)
-    cap.release()
+    frames = decode(args.frames)
     n = len(frames)
     rows: dict[str, dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -11,22 +11,21 @@ from __future__ import annotations
 import argparse
 import time
 
-from common import SHARED, machine, median
+from common import SHARED, TORCHSCRIPT, machine, median
 
 from detector import Detector, load_config
 from detector.eval import CocoEvaluator, load_dataset, score
 
 ANN = SHARED / "data" / "coco-mini" / "annotations" / "instances_val2017.json"
 IMAGES = SHARED / "data" / "coco-mini" / "val2017"
-MODEL = SHARED / "models" / "d2go_faster_rcnn_fbnetv3a_c4_coco_int8.torchscript.pt"
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeat", type=int, default=2)
     args = ap.parse_args()
     t = time.perf_counter()
-    detector = Detector.from_config(load_config(None, {"model": str(MODEL), "score_threshold": 0.0}))
+    detector = Detector.from_config(load_config(None, {"model": str(TORCHSCRIPT), "score_threshold": 0.0}))
     model_load = time.perf_counter() - t
     print(f"# COCO eval overhead, coco-mini (80 images), {machine()}")
     print(f"model load (TorchScript, once): {model_load:.2f} s\n")

@@ -1,13 +1,14 @@
 """Live latency: a simulated 30 fps live source and a model slower than 30 fps.
 
 The source is a capture object that delivers real vtest.avi frames paced at
-30 fps (as a camera would); the model is the real TorchScript detector
-(~60-130 ms per frame here). For every displayed frame we record its age:
+30 fps (as a camera would); the model is the real TorchScript detector (or
+``--model``), slower than 30 fps on a CPU. For every displayed frame we record its age:
 display time minus capture time. With newest-frame capture the age stays near
 one model latency; a FIFO reader that keeps every frame falls further behind
 with every frame (shown for contrast).
 
     .venv/bin/python benchmarks/live_latency.py [--seconds 20]
+    .venv/bin/python benchmarks/live_latency.py --model retinanet_resnet50_fpn --weights random --min-size 320
 """
 
 from __future__ import annotations
@@ -17,14 +18,12 @@ import time
 
 import cv2
 import numpy as np
-from common import SHARED, VIDEO, machine, p95
+from common import TORCHSCRIPT, VIDEO, machine, p95, sized
 
 from detector import Detector, load_config
 from detector.io.live import LiveSource
 from detector.io.sources import Frame
 from detector.pipeline import run_pipeline
-
-MODEL = SHARED / "models" / "d2go_faster_rcnn_fbnetv3a_c4_coco_int8.torchscript.pt"
 
 
 class PacedCapture:
@@ -54,15 +53,13 @@ class PacedCapture:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=20.0)
-    ap.add_argument("--model", default=str(MODEL), help="default: the TorchScript model in ../shared")
+    ap.add_argument("--model", default=str(TORCHSCRIPT), help="default: the TorchScript model in ../shared")
     ap.add_argument("--weights", help="e.g. random, for a registry model")
     ap.add_argument("--min-size", type=int)
     args = ap.parse_args()
-    overrides = {"model": args.model, "weights": args.weights, "min_size": args.min_size}
-    if args.min_size:
-        overrides["max_size"] = round(args.min_size * 4 / 3)
+    overrides = {"model": args.model, "weights": args.weights, **sized(args.min_size)}
     detector = Detector.from_config(load_config(None, overrides))
     ages: list[float] = []
     deadline = [0.0]
@@ -70,7 +67,7 @@ def main() -> None:
     def show(frame: Frame, dets) -> None:  # noqa: ANN001
         ages.append((time.perf_counter() - frame.captured_at) * 1000)
         if time.perf_counter() > deadline[0]:
-            from detector.pipeline import StopPipeline
+            from detector.errors import StopPipeline
 
             raise StopPipeline
 

@@ -69,7 +69,7 @@ def drain(port: int, n: int, token: str, seconds: float) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--frames", type=int, default=150)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--viewers", type=int, help="default: the live view's cap (32)")
@@ -78,7 +78,7 @@ def main() -> None:
     import secrets
     import statistics
 
-    from common import SHARED, VIDEO, machine
+    from common import TORCHSCRIPT, VIDEO, machine
 
     from detector import Detector, load_config
     from detector.io.browser import DEFAULT_MAX_VIEWERS, BrowserSink
@@ -88,9 +88,7 @@ def main() -> None:
     from detector.structures import Detections
 
     viewers = args.viewers or DEFAULT_MAX_VIEWERS
-    detector = Detector.from_config(
-        load_config(None, {"model": str(SHARED / "models" / "d2go_faster_rcnn_fbnetv3a_c4_coco_int8.torchscript.pt")})
-    )
+    detector = Detector.from_config(load_config(None, {"model": str(TORCHSCRIPT)}))
     token = secrets.token_urlsafe(24)
     fps: dict[str, list[float]] = {"none": [], "full": []}
     cpu: dict[str, list[float]] = {"none": [], "full": []}

@@ -25,7 +25,7 @@ DEMO_CLIP = DATA_DIR / "vtest_excerpt.mp4"
 WEIGHTS_MANIFEST = DATA_DIR / "weights_manifest.json"
 SHIPPED_MODELS = {"d2go": DATA_DIR / "d2go_faster_rcnn_fbnetv3a_c4_coco_int8.torchscript.pt"}
 """Models that ship with the package, by name: D2Go Faster R-CNN FBNetV3A, int8, COCO-trained
-(Apache-2.0), 2.5 MB; it runs at about 10-15 frames/s on 2 CPU cores."""
+(Apache-2.0), 2.5 MB; its speed: ``benchmarks/results/README.md``."""
 
 
 def preset_names() -> list[str]:
