@@ -23,8 +23,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "MODELS": "detector.models",
     "DEMO_CLIP": "detector.resources",
-    "Detector": "detector.models",
-    "load": "detector.models",
+    "Detector": "detector.predictor",
+    "load": "detector.predictor",
     "Detections": "detector.structures",
     "DetectorConfig": "detector.config",
     "load_config": "detector.config",
@@ -80,8 +80,9 @@ if TYPE_CHECKING:
     from .config import DetectorConfig, load_config
     from .errors import ConfigError, DetectorError, SinkError, SourceError, StopPipeline, WeightsError
     from .io import Frame, ImageSink, JsonlSink, Source, VideoFileSink, open_source
-    from .models import MODELS, Detector, load
+    from .models import MODELS
     from .pipeline import Stream, stream
+    from .predictor import Detector, load
     from .render import BoxAnnotator, LabelAnnotator, annotate
     from .resources import DEMO_CLIP
     from .runner import run

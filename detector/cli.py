@@ -75,7 +75,7 @@ def _config_from(args: argparse.Namespace) -> DetectorConfig:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .io.sources import open_source
-    from .models import Detector
+    from .predictor import Detector
     from .runner import DEFAULT_SOURCE, plan_outputs, run
 
     cfg = _config_from(args)
@@ -245,7 +245,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         report = EvalReport(scores, args.results.name, len(dataset))
         return _finish_eval(args, report, write_results=False)
     from .distributed import distributed_from_env
-    from .models import MODELS, Detector
+    from .models import MODELS
+    from .predictor import Detector
 
     overrides = {}
     if args.score_threshold is None and args.config is None:

@@ -44,8 +44,8 @@ from .errors import DetectorError, Interrupted, SinkError, SourceError
 from .io.sinks import VIDEO_FOURCC, _finalise, partial_path, prepare_output, write_text_atomic
 from .io.sources import GLOB_CHARS, IMAGE_EXTS, STREAM_SCHEMES, ImageSource, glob_base, image_names, open_source
 from .io.types import Frame
-from .models import Detector
 from .pipeline import Stats
+from .predictor import Detector
 from .runner import DEFAULT_OUT_DIR, DEFAULT_SOURCE, OutputPlan, RunResult, plan_outputs, run
 
 log = logging.getLogger(__name__)

@@ -17,11 +17,12 @@ from tqdm import tqdm
 from .errors import SinkError
 from .io.base import Closeable
 from .io.live import LiveSource
+from .io.offthread import OffThreadSink
 from .io.sinks import ImageSink, JsonlSink, VideoFileSink, check_video_codec, prepare_output
 from .io.sources import ImageSource, VideoFileSource, open_source
 from .io.types import Frame
-from .models import Detector
-from .pipeline import OffThreadSink, Stats, check_arguments, check_counts, run_pipeline
+from .pipeline import Stats, check_arguments, check_counts, run_pipeline
+from .predictor import Detector
 from .render import annotate
 from .render.hud import Hud
 from .resources import DEMO_CLIP

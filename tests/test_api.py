@@ -1,9 +1,8 @@
 """The public API as an embedding app uses it: one-step load, stream() as a context manager,
-sinks of one shape, Detections interop, and layers that import only downwards."""
+sinks of one shape and Detections interop (the layers are in test_layers.py)."""
 
 from __future__ import annotations
 
-import ast
 import threading
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ import detector
 from detector import Detections, Detector
 from detector.io.types import Frame
 
-from .conftest import COCO_MINI, DEMO, ROOT, need
+from .conftest import COCO_MINI, DEMO, need
 from .test_live import Publisher
 from .test_pipeline import Tiny
 
@@ -107,7 +106,12 @@ def test_stream_and_run_take_a_path_in_one_order_and_say_so_when_swapped(tmp_pat
 def test_run_with_no_sinks_writes_nothing_and_closes_user_sinks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from tqdm import tqdm
+
     monkeypatch.chdir(tmp_path)
+    if tqdm.monitor is not None:  # an earlier bar in this process left tqdm's process-wide monitor running
+        tqdm.monitor.exit()
+        tqdm.monitor = None
     tiny = Detector(Tiny(), device="cpu")
     result = detector.run(tiny, DEMO, sinks=[], max_frames=3, progress=False)
     assert result.frames == 3 and list(tmp_path.iterdir()) == []  # an explicit [] is no sinks, not ./runs/
@@ -197,65 +201,6 @@ def test_detections_rows_arrays_and_bridges() -> None:
     np.testing.assert_array_equal(back.labels, dets.labels)
     annotated = sv.BoxAnnotator().annotate(np.zeros((20, 20, 3), np.uint8), svd)  # supervision's own annotators
     assert annotated.any()
-
-
-# -- layers ------------------------------------------------------------------------------------
-
-LAYERS = [
-    ("detector.errors", "detector.categories", "detector.resources"),
-    ("detector.config", "detector.structures", "detector.distributed"),
-    ("detector.io.base", "detector.io.types"),
-    ("detector.io", "detector.render"),
-    ("detector.models", "detector.engines"),  # engines run models; models are built into engines
-    ("detector.pipeline",),
-    ("detector.runner", "detector.eval", "detector.multi"),  # multi: folders of videos, torchrun
-    ("detector.cli", "detector.__main__"),
-]
-
-
-def layer_of(module: str) -> int:
-    best = (-1, -1)
-    for rank, prefixes in enumerate(LAYERS):
-        for prefix in prefixes:
-            if module == prefix or module.startswith(prefix + "."):
-                best = max(best, (len(prefix), rank))
-    assert best[1] >= 0, f"{module} is in no layer"
-    return best[1]
-
-
-def imports_of(path: Path, module: str) -> set[str]:
-    """Every detector module imported anywhere in the file (lazy imports included)."""
-    found = set()
-    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
-                target = f"{base}.{node.module}" if node.module else base
-            else:
-                target = node.module or ""
-            if target.startswith("detector"):
-                found.add(target)
-                found.update(
-                    f"{target}.{a.name}"
-                    for a in node.names
-                    if (ROOT / (target + "." + a.name).replace(".", "/")).with_suffix(".py").exists()
-                )
-        elif isinstance(node, ast.Import):
-            found.update(a.name for a in node.names if a.name.startswith("detector"))
-    return found
-
-
-def test_no_module_imports_one_above_its_layer() -> None:
-    bad = []
-    for path in sorted((ROOT / "detector").rglob("*.py")):
-        module = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
-        if module == "detector":
-            continue  # the package's lazy exports name everything by design
-        for target in imports_of(path, module):
-            if target != "detector" and layer_of(target) > layer_of(module):
-                bad.append(f"{module} imports {target}")
-    assert bad == []
 
 
 def test_loading_models_changes_no_global_torch_state() -> None:

@@ -11,8 +11,8 @@ import pytest
 
 from detector import Detections
 from detector.errors import SinkError
+from detector.io.offthread import OffThreadSink
 from detector.io.types import Frame
-from detector.pipeline import OffThreadSink
 
 
 class Slow:

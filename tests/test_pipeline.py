@@ -100,7 +100,7 @@ def test_stream_yields_in_order_and_stops_early() -> None:
 
 
 def test_stop_pipeline_from_a_stage_ends_the_run_quietly() -> None:
-    from detector.pipeline import StopPipeline
+    from detector.errors import StopPipeline
 
     seen: list[int] = []
 

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from ..categories import UNUSED_NAMES
 from ..distributed import world as _world
 from ..io.sources import read_image
-from ..models import Detector
+from ..predictor import Detector
 from ..structures import Detections
 from .dataset import CocoDataset, DatasetError
 from .scoring import Scores, score

@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..categories import COCO_CLASS_NAMES
-from ..config import DetectorConfig
-from ..engines.base import Engine
-from ..engines.torch_engine import AUTOCAST_DTYPES, TorchEngine
-from ..errors import ConfigError
-from ..structures import Detections
+from .categories import COCO_CLASS_NAMES
+from .config import DetectorConfig
+from .engines.base import Engine
+from .engines.torch_engine import AUTOCAST_DTYPES, TorchEngine
+from .errors import ConfigError
+from .structures import Detections
 
 Frame = np.ndarray | torch.Tensor | str | Path | Any
 """BGR uint8 array, RGB tensor, PIL image or image file path."""
@@ -62,7 +62,7 @@ def _is_pil(frame: Any) -> bool:
 def _as_array(frame: Any) -> Any:
     """File paths, encoded image bytes and PIL images become BGR uint8 arrays; anything else passes through."""
     if isinstance(frame, (str, Path)):
-        from ..io.sources import read_image
+        from .io.sources import read_image
 
         image = read_image(Path(frame))
         if image is None:
@@ -154,9 +154,9 @@ class Detector:
         ``classes`` (``["person", "car"]`` or ``"person,car"``) and any other config key
         (``min_size=480``...).
         """
-        from ..config import load_config
-        from ..resources import preset_path
-        from .registry import MODELS
+        from .config import load_config
+        from .models.registry import MODELS
+        from .resources import preset_path
 
         values = {"weights": None if weights is None else str(weights), "device": device, "precision": precision,
                   "score_threshold": score_threshold, "classes": classes, **overrides}  # fmt: skip
@@ -168,10 +168,10 @@ class Detector:
     @classmethod
     def from_config(cls, cfg: DetectorConfig, *, progress: bool = True) -> Detector:
         """Build the model ``cfg`` names, with its weights resolved and loaded."""
-        from .build import build_model
+        from .models.build import build_model
 
         if cfg.engine not in ("auto", "torch") or cfg.model.endswith((".onnx", ".xml")):
-            from ..engines.load import engine_from_config
+            from .engines.load import engine_from_config
 
             if cfg.compile:
                 raise ConfigError("--compile applies to the torch engine; drop it for OpenVINO/ONNX Runtime models")
@@ -324,3 +324,7 @@ class Detector:
         return (
             f"Detector(name={self.name!r}, engine={self.engine.kind}, device={self.device}, precision={self.precision})"
         )
+
+
+load = Detector.load
+"""``detector.load(name_or_path, ...)``: see :meth:`Detector.load`."""

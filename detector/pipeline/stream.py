@@ -1,0 +1,124 @@
+"""``stream()``: (frame, detections) pairs one by one, for embedding; nothing accumulated."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from ..io.sources import open_source
+from ..io.types import Frame
+from ..predictor import Detector
+from ..structures import Detections
+from .defaults import default_batch_size
+from .feed import Feed
+from .sync import Stopped
+
+
+class Stream:
+    """``(frame, detections)`` pairs as they come, for embedding; nothing is accumulated.
+
+    Iterate it directly or use it as a context manager. Files are decoded ahead in
+    a reader thread; a live source is read directly, so every result is for the
+    newest frame (the same :class:`~.feed.Feed` as :func:`run_pipeline`). Leaving the
+    ``with``, ``close()``, or dropping the object stops and joins the reader, and
+    the reader is always joined before this returns from ``close()``, so the
+    source can then be closed safely.
+    """
+
+    def __init__(self, frames: str | Path | Iterable[Frame], detector: Detector, *, queue_size: int = 4,
+                 max_frames: int | None = None, batch_size: int | None = None) -> None:  # fmt: skip
+        self.detector = detector
+        self._owned: Any = None
+        """A source this stream opened from a path, closed with it."""
+        if isinstance(frames, (str, Path)):
+            frames = self._owned = open_source(frames)
+        self._stop = threading.Event()
+        try:
+            size = default_batch_size(detector) if batch_size is None else batch_size
+            self._feed = Feed(frames, self._stop, queue_size=queue_size, max_frames=max_frames, batch_size=size)
+        except BaseException:
+            if self._owned is not None:
+                self._owned.close()
+            raise
+        self.batch_size = self._feed.batch_size
+        self._ready: collections.deque[tuple[Frame, Detections]] = collections.deque()
+        self._started = self._closed = False
+
+    def __iter__(self) -> Stream:
+        return self
+
+    def __next__(self) -> tuple[Frame, Detections]:
+        if self._closed:
+            raise StopIteration
+        if self._ready:
+            return self._ready.popleft()
+        if not self._started:
+            self._started = True
+            self._feed.start()
+        try:
+            batch = self._feed.next_batch()
+        except Stopped:
+            batch = []
+        if not batch:
+            self.close()
+            self._feed.raise_errors()
+            raise StopIteration
+        results = self.detector([frame.image for frame in batch])
+        self._ready.extend(zip(batch, results, strict=True))
+        return self._ready.popleft()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            try:
+                self._feed.close()
+            finally:
+                if self._owned is not None:
+                    self._owned.close()
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # also at interpreter exit, when modules are half gone
+            self.close()
+
+
+def check_arguments(function: str, detector: object, source: object) -> None:
+    """``run`` and ``stream`` both take ``(detector, source)``: a clear ``TypeError`` when swapped or
+    when the detector is something else (a bare callable, a model), instead of an AttributeError later."""
+    if isinstance(detector, Detector):
+        return
+    if isinstance(source, Detector):
+        raise TypeError(f"{function}() takes (detector, source), in that order; swap the two arguments")
+    raise TypeError(
+        f"{function}() takes a detector.Detector first (detector.load(...) or Detector(model)), "
+        f"not {type(detector).__name__}"
+    )
+
+
+def stream(detector: Detector, source: str | Path | Iterable[Frame], *, queue_size: int = 4,
+           max_frames: int | None = None, batch_size: int | None = None) -> Stream:  # fmt: skip
+    """Yield ``(frame, detections)`` as they come (see :class:`Stream`)::
+
+    with stream(detector, "clip.mp4", max_frames=50) as results:
+        for frame, dets in results:
+            ...
+
+    ``source`` is what ``open_source`` takes (a path, URL or camera index as a string; opened
+    here and closed with the stream), an opened source (yours to close), or any iterable of
+    :class:`~detector.io.types.Frame`. The order of the arguments is :func:`detector.run`'s.
+
+    ``batch_size`` frames go through the model together (files and folders; a live
+    source is always one newest frame at a time); pairs still come one by one, in order.
+    Default: :func:`default_batch_size` (1 on the CPU, 8 on CUDA).
+    """
+    check_arguments("stream", detector, source)
+    return Stream(source, detector, queue_size=queue_size, max_frames=max_frames, batch_size=batch_size)
