@@ -19,6 +19,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+__distribution__ = "detector-rt"
+"""The name on PyPI (``pip install detector-rt``); the import name is ``detector``."""
 
 _EXPORTS = {
     "MODELS": "detector.models",

@@ -16,7 +16,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from . import __version__
+from . import __distribution__, __version__
 from .config import DetectorConfig, load_config
 from .errors import DetectorError, Interrupted
 
@@ -284,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="detector", description="Real-time object detection with torchvision detectors."
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info logs")
-    parser.add_argument("--version", action="version", version=f"detector {__version__}")
+    parser.add_argument("--version", action="version", version=f"{__distribution__} {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     quiet = argparse.ArgumentParser(add_help=False)  # -q also after the subcommand
     quiet.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,

@@ -249,7 +249,7 @@ class Detector:
         if t.device.type == "cpu":
             # numpy, one thread, the same IEEE division, into a contiguous (3, H, W) array as models
             # expect: torch's two-thread pool costs far more than it saves on one frame when decoding
-            # and encoding threads want the cores (benchmarks/ceiling.py, the float-input row)
+            # and encoding threads want the cores (benchmarks/pipeline_fps.py, the float-input row)
             return torch.from_numpy(np.divide(t.numpy(), np.float32(255.0), dtype=np.float32, order="C"))
         return t.to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
 

@@ -159,5 +159,5 @@ def _supervision() -> Any:
     try:
         import supervision
     except ImportError:
-        raise ImportError("supervision is not installed; pip install 'detector[supervision]'") from None
+        raise ImportError("supervision is not installed; pip install 'detector-rt[supervision]'") from None
     return supervision

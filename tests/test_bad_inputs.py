@@ -193,7 +193,7 @@ def test_bad_input_is_one_line_and_loses_nothing(
 
 def test_quiet_after_the_subcommand_and_version() -> None:
     res = subprocess.run([sys.executable, "-m", "detector", "--version"], capture_output=True, text=True, timeout=60)
-    assert res.returncode == 0 and res.stdout.startswith("detector "), res.stderr
+    assert res.returncode == 0 and res.stdout.startswith("detector-rt 0."), res.stderr
     res = subprocess.run([sys.executable, "-m", "detector", "weights", "list", "-q"], capture_output=True, text=True,
                          timeout=120)  # fmt: skip
     assert res.returncode == 0, res.stderr

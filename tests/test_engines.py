@@ -400,11 +400,11 @@ def test_missing_runtime_names_the_pip_extra(
     image = tmp_path / "frame.jpg"
     cv2.imwrite(str(image), small_frame)
     run = ["run", str(image), "--out", str(tmp_path / "o.jpg"), "--model", str(onnx)]
-    assert "pip install 'detector[onnx]'" in one_line_error(run, capsys)
-    assert "pip install 'detector[openvino]'" in one_line_error([*run, "--engine", "openvino"], capsys)
+    assert "pip install 'detector-rt[onnx]'" in one_line_error(run, capsys)
+    assert "pip install 'detector-rt[openvino]'" in one_line_error([*run, "--engine", "openvino"], capsys)
     with pytest.raises(EngineError, match=r"detector\[openvino\]"):
         Detector.from_config(tiny_config("retinanet_resnet50_fpn", engine="openvino"))
-    assert "detector[onnx]" in one_line_error(["export", "retinanet_resnet50_fpn", "--weights", "random",
+    assert "detector-rt[onnx]" in one_line_error(["export", "retinanet_resnet50_fpn", "--weights", "random",
                                                "--out", str(tmp_path / "x.onnx")], capsys)  # fmt: skip
 
 

@@ -55,5 +55,5 @@ def require(module: str) -> ModuleType:
     except ImportError:
         extra = EXTRAS.get(module, module)
         raise EngineError(
-            f"{module} is not installed; install it with: pip install 'detector[{extra}]' (or pip install {module})"
+            f"{module} is not installed; install it with: pip install 'detector-rt[{extra}]' (or pip install {module})"
         ) from None
