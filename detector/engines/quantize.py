@@ -1,0 +1,397 @@
+"""int8 for OpenVINO: NNCF post-training quantization of a ``detector export``-ed graph.
+
+What runs in int8 follows the one rule of :data:`.base.LOW_PRECISION_MODULES` (the rule the
+torch engine's autocast and OpenVINO's bf16 segments use): the convolution stacks -- ResNet-50 +
+FPN, the RPN's 3x3 conv, RetinaNet's two head towers -- and Faster R-CNN's two-layer box head
+(fc6, fc7; at 320 px with 1,000 proposals it costs about as many MACs as the backbone). The
+graph's nodes carry the torch module scope (``/model/backbone/body/layer1/...``), so every node
+outside those scopes is handed to NNCF as ignored: the input transform, the final predictors
+(RetinaNet's ``cls_logits`` / ``bbox_reg``, the RPN's 1x1 ``cls_logits`` / ``bbox_pred``, the
+ROI head's ``box_predictor``), box decoding, clipping, scores and NMS stay f32. The predictors
+are a sliver of the work (1x1 convs with 3-720 output channels, two small matrix products) and
+decide the scores and boxes directly; the RPN's objectness decides which proposals survive.
+
+How the whole graph goes through NNCF: ``nncf.quantize`` on the ONNX-read model failed with
+``Could not find a node Unsqueeze_2627 in NNCFGraph`` (the error the issue saw). The graph holds
+two ``If`` nodes -- ``batched_nms``'s "no boxes" branch, in the RPN and in the ROI heads -- and
+NNCF builds a graph per ``If`` body; OpenVINO's ONNX reader leaves nodes shared between the
+main graph and the bodies, so NNCF's graph builder follows an edge into a body and finds a node
+its own graph lacks. Neither a static shape nor constant folding removes the ``If`` nodes (their
+condition depends on the data). Written as IR and read back, each body has nodes of its own, and
+NNCF then quantizes the whole dynamic-shape graph, ``If`` bodies included (nothing in them is
+quantized: all ignored). So no split into segments is needed, and the result is one ``ov.Model``
+with dynamic height and width, run by the OpenVINO engine like any export (with the f32 hint:
+the FakeQuantize nodes make the stacks int8, everything else stays f32).
+
+Calibration: frames spread evenly over a video or a folder of images, as RGB ``(3, H, W)`` float
+0..1 (the engines' calling convention; the graph resizes and normalises them itself), with a
+description that names the file contents (sha256) and frame indices, for cache keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import EngineError, SourceError
+from .base import LOW_PRECISION_MODULES, require
+from .sidecar import sha256_file
+
+__all__ = [
+    "INT8_SCOPES",
+    "CalibrationSet",
+    "Fidelity",
+    "fidelity",
+    "int8_node_names",
+    "quantize_openvino",
+    "read_calibration",
+]
+
+INT8_SCOPES = tuple("/model/" + path.replace(".", "/") + "/" for path in LOW_PRECISION_MODULES)
+"""Node-name prefixes NNCF may quantize in a graph made by ``detector export`` (``SingleImage``
+holds the detector as ``model``). ``roi_heads/box_roi_pool/`` is there for the activation
+quantizer NNCF puts on the pooled features that feed fc6; ROI Align itself has no int8 kernel."""
+
+IGNORED_PATTERN = "^(?!" + "|".join(re.escape(s) for s in INT8_SCOPES) + ").*"
+"""Every node name outside :data:`INT8_SCOPES` (generated names such as ``If_2102`` included)."""
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+"""Image files a calibration folder may hold (the engines layer does not import ``io``)."""
+
+DEFAULT_FRAMES = 30
+"""Calibration frames: the issue's measurement calibrated on 30 frames of vtest.avi."""
+
+
+# -- calibration --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    """Frames for NNCF and a description of exactly which ones they are."""
+
+    frames: tuple[np.ndarray, ...]
+    """RGB ``(3, H, W)`` float32 in 0..1, C-contiguous."""
+    description: str
+    """Canonical JSON: kind (video / images), the file contents' sha256, the frame indices or file names."""
+
+    @property
+    def key(self) -> str:
+        """16 hex digits of the description's sha256: changes whenever the frames would."""
+        return hashlib.sha256(self.description.encode()).hexdigest()[:16]
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+
+def _rgb_chw(bgr: np.ndarray) -> np.ndarray:
+    """An OpenCV BGR uint8 frame as the engines take it (what ``Detector.preprocess`` makes)."""
+    rgb = bgr[:, :, ::-1].transpose(2, 0, 1)
+    return np.divide(rgb, np.float32(255.0), dtype=np.float32).copy(order="C")
+
+
+def _spread(total: int, count: int) -> list[int]:
+    """``count`` indices spread evenly over ``range(total)``, first and last included."""
+    if total <= count:
+        return list(range(total))
+    return sorted({round(i * (total - 1) / (count - 1)) for i in range(count)}) if count > 1 else [0]
+
+
+def _read_video(path: Path, count: int) -> tuple[list[np.ndarray], list[int]]:
+    import cv2
+
+    def read(indices: list[int]) -> tuple[list[np.ndarray], int]:
+        cap = cv2.VideoCapture(str(path))
+        frames, i, wanted = [], 0, set(indices)
+        try:
+            while i <= indices[-1]:
+                ok, frame = cap.read() if i in wanted else (cap.grab(), None)
+                if not ok:
+                    break
+                if frame is not None:
+                    frames.append(_rgb_chw(frame))
+                i += 1
+        finally:
+            cap.release()
+        return frames, i
+
+    cap = cv2.VideoCapture(str(path))
+    try:
+        if not cap.isOpened():
+            raise SourceError(f"cannot open calibration video {path}; pass a video file or a folder of images")
+        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    finally:
+        cap.release()
+    indices = _spread(max(total, 1), count)
+    frames, seen = read(indices)
+    if len(frames) < len(indices):  # the container's frame count was wrong: spread over what is there
+        indices = _spread(seen, count)
+        frames, _ = read(indices) if seen else ([], 0)
+    if not frames:
+        raise SourceError(f"no frame could be decoded from calibration video {path}")
+    return frames, indices
+
+
+def read_calibration(source: Path | str, count: int = DEFAULT_FRAMES) -> CalibrationSet:
+    """``count`` frames spread evenly over a video file or a folder of images (fewer if it has fewer).
+
+    Frames keep their size: the exported graph resizes to its ``min_size`` itself. The description
+    holds the sha256 of the video, or of each chosen image, and which frames were taken, so a cache
+    key made from it changes when the file, the folder's chosen images or ``count`` do.
+    """
+    import cv2
+
+    source = Path(source)
+    if count < 1:
+        raise EngineError(f"calibration needs at least one frame, got {count}")
+    if source.is_dir():
+        names = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not names:
+            raise SourceError(f"calibration folder {source} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        chosen = [names[i] for i in _spread(len(names), count)]
+        frames = []
+        for p in chosen:
+            image = cv2.imread(str(p), cv2.IMREAD_COLOR)
+            if image is None:
+                raise SourceError(f"cannot decode calibration image {p}")
+            frames.append(_rgb_chw(image))
+        what: dict[str, Any] = {"kind": "images", "files": [[p.name, sha256_file(p)] for p in chosen]}
+    elif source.is_file():
+        frames, indices = _read_video(source, count)
+        what = {"kind": "video", "sha256": sha256_file(source), "frames": indices}
+    else:
+        raise SourceError(f"calibration source {source} does not exist; pass a video file or a folder of images")
+    return CalibrationSet(tuple(frames), json.dumps(what, sort_keys=True, separators=(",", ":")))
+
+
+# -- quantization -------------------------------------------------------------------------------------------------
+
+
+def _read_unshared(ov: Any, model: Any) -> Any:
+    """``model`` written as IR and read back: each ``If`` body then owns its nodes (see the module doc)."""
+    with tempfile.TemporaryDirectory(prefix="detector-int8-") as tmp:
+        xml = Path(tmp) / "model.xml"
+        ov.save_model(model, str(xml), compress_to_fp16=False)
+        return ov.Core().read_model(str(xml))  # weights are read into memory; the folder can go
+
+
+def _frames_for(calibration: Iterable[np.ndarray]) -> list[np.ndarray]:
+    frames = []
+    for frame in calibration:
+        if frame.ndim != 3 or frame.shape[0] != 3 or frame.dtype != np.float32:
+            raise EngineError(f"calibration frames are RGB (3, H, W) float32 in 0..1, got {frame.dtype} {frame.shape}")
+        frames.append(np.ascontiguousarray(frame))
+    if not frames:
+        raise EngineError("the calibration set is empty")
+    return frames
+
+
+def int8_node_names(model: Any) -> list[str]:
+    """Names of the convolutions and matrix products NNCF quantized: those whose weights it stored as an
+    int8 constant (dequantized by Convert / Subtract / Multiply; their activations get a FakeQuantize
+    wherever NNCF places it best, e.g. before a MaxPool or on the pooled features ahead of a flatten)."""
+    names = []
+    for op in model.get_ordered_ops():
+        if op.get_type_name() not in ("Convolution", "GroupConvolution", "MatMul") or op.get_input_size() < 2:
+            continue
+        node = op.input_value(1).get_node()
+        while node.get_type_name() in ("Multiply", "Subtract", "Convert", "Reshape", "Transpose"):
+            node = node.input_value(0).get_node()
+        if node.get_type_name() == "Constant" and node.get_element_type().get_type_name() in ("i8", "u8"):
+            names.append(op.get_friendly_name())
+    return sorted(names)
+
+
+def quantize_openvino(
+    model: Any,
+    calibration: Iterable[np.ndarray] | CalibrationSet,
+    *,
+    subset_size: int | None = None,
+    fast_bias_correction: bool = True,
+) -> Any:
+    """NNCF post-training int8 quantization of a ``detector export``-ed graph (``ov.Model``, ``.onnx`` or ``.xml``).
+
+    Only the nodes under :data:`INT8_SCOPES` are quantized; the graph keeps its dynamic height and width
+    and its one-image calling convention. ``subset_size`` defaults to every calibration frame. The
+    calibration description (for a :class:`CalibrationSet`) is stored in the model's ``rt_info`` under
+    ``detector/calibration`` and travels with a saved IR. Save the result with
+    ``ov.save_model(q, path, compress_to_fp16=False)``; run it with the f32 inference hint.
+    """
+    ov = require("openvino")
+    nncf = require("nncf")
+    frames = _frames_for(calibration.frames if isinstance(calibration, CalibrationSet) else calibration)
+    if isinstance(model, (str, Path)):
+        try:
+            model = ov.Core().read_model(str(model))
+        except Exception as exc:  # OpenVINO raises RuntimeError and its own types for foreign files
+            raise EngineError(f"cannot read {model} ({str(exc).strip().splitlines()[0][:160]}); re-export it") from None
+    if len(model.inputs) != 1 or len(model.outputs) != 3:
+        raise EngineError("int8 quantizes graphs made by `detector export` (one image in, boxes/scores/labels out)")
+    model = _read_unshared(ov, model)
+    quantized = nncf.quantize(
+        model,
+        nncf.Dataset(frames),
+        subset_size=subset_size or len(frames),
+        fast_bias_correction=fast_bias_correction,
+        ignored_scope=nncf.IgnoredScope(patterns=[IGNORED_PATTERN], validate=False),
+    )
+    if not any(name.startswith(INT8_SCOPES) for name in int8_node_names(quantized)):
+        raise EngineError("no convolution stacks named as `detector export` names them; nothing was quantized")
+    if isinstance(calibration, CalibrationSet):
+        quantized.set_rt_info(calibration.description, ["detector", "calibration"])
+    quantized.set_rt_info(",".join(INT8_SCOPES), ["detector", "int8_scopes"])
+    return quantized
+
+
+# -- fidelity -----------------------------------------------------------------------------------------------------
+
+FPN_OUTPUT = re.compile(
+    r"^/model/backbone/fpn/(layer_blocks\.\d+/layer_blocks\.\d+\.0/Conv|extra_blocks/(MaxPool|p6/Conv|p7/Conv))$"
+)
+"""The nodes whose outputs are the FPN's levels: P2-P5 (``layer_blocks``) and the extra level(s):
+Faster R-CNN's max-pooled P6, RetinaNet's P6/P7 convs (in the IR, a Conv's bias Add keeps its name)."""
+
+
+def _fpn_outputs(model: Any) -> list[Any]:
+    found = {op.get_friendly_name(): op for op in model.get_ordered_ops() if FPN_OUTPUT.match(op.get_friendly_name())}
+    if not found:
+        raise EngineError("no FPN outputs named as `detector export` names them")
+    return [found[name].output(0) for name in sorted(found)]
+
+
+def _run(ov: Any, model: Any, frames: Sequence[np.ndarray], hint: str) -> list[tuple[list[np.ndarray], ...]]:
+    """Per frame: (boxes, scores, labels), FPN levels -- ``model`` compiled once per frame size."""
+    core = ov.Core()
+    compiled: dict[tuple[int, ...], Any] = {}
+    out = []
+    for frame in frames:
+        if frame.shape not in compiled:
+            m = model.clone()
+            levels = m.add_outputs(_fpn_outputs(m))
+            m.reshape(list(frame.shape))
+            config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint}
+            compiled[frame.shape] = (core.compile_model(m, "CPU", config).create_infer_request(), len(levels))
+        request, n = compiled[frame.shape]
+        request.infer({0: frame})
+        values = [np.array(request.get_output_tensor(i).data) for i in range(3 + n)]
+        out.append((values[:3], values[3:]))
+    return out
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
+
+
+def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    w = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
+    h = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
+    union = (box[2] - box[0]) * (box[3] - box[1]) + (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) - w * h
+    return w * h / np.maximum(union, 1e-9)
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """One precision against OpenVINO f32 on the same frames."""
+
+    precision: str
+    fpn_cosine: tuple[float, ...]
+    """Per FPN level (P2..P6, RetinaNet P3..P7), the lowest cosine similarity over the frames."""
+    matched: float
+    """Share of f32's top detections (per frame) with a same-label detection at IoU >= 0.5."""
+    iou_median: float
+    """Median best same-label IoU over f32's top detections (0 where none has the label)."""
+    score_diff_median: float
+    """Median |score - f32 score| over the matched detections (``nan`` if none matched)."""
+    score_diff_max: float
+    detections: int
+    """How many f32 top detections were compared (all frames)."""
+
+    def row(self) -> str:
+        cos = " ".join(f"{c:.4f}" for c in self.fpn_cosine)
+        return (f"{self.precision}: FPN cosine {cos}; top {self.detections} f32 detections: "
+                f"{self.matched:.0%} matched (IoU >= 0.5), median IoU {self.iou_median:.3f}, "
+                f"|d score| median {self.score_diff_median:.4f} max {self.score_diff_max:.4f}")  # fmt: skip
+
+
+def _compare(
+    precision: str,
+    ref: list[tuple[list[np.ndarray], ...]],
+    dets: list[list[np.ndarray]],
+    levels: list[list[np.ndarray]] | None,
+    top: int,
+) -> Fidelity:
+    ious, diffs = [], []
+    for (ref_dets, _), (boxes, scores, labels) in zip(ref, dets, strict=True):
+        r_boxes, r_scores, r_labels = ref_dets
+        for k in np.argsort(-r_scores, kind="stable")[:top]:
+            same = labels == r_labels[k]
+            if not same.any():
+                ious.append(0.0)
+                continue
+            overlap = _iou(r_boxes[k], boxes[same].reshape(-1, 4))
+            best = int(overlap.argmax())
+            ious.append(float(overlap[best]))
+            if overlap[best] >= 0.5:
+                diffs.append(abs(float(scores[same][best]) - float(r_scores[k])))
+    cos: tuple[float, ...] = ()
+    if levels is not None:
+        per_frame = [
+            [_cosine(a, b) for a, b in zip(r[1], got, strict=True)] for r, got in zip(ref, levels, strict=True)
+        ]
+        cos = tuple(min(c) for c in zip(*per_frame, strict=True))
+    iou = np.array(ious)
+    return Fidelity(
+        precision=precision,
+        fpn_cosine=cos,
+        matched=float((iou >= 0.5).mean()) if len(iou) else float("nan"),
+        iou_median=float(np.median(iou)) if len(iou) else float("nan"),
+        score_diff_median=float(np.median(diffs)) if diffs else float("nan"),
+        score_diff_max=float(max(diffs)) if diffs else float("nan"),
+        detections=len(iou),
+    )
+
+
+def fidelity(
+    fp32: Path,
+    int8: Any,
+    frames: Sequence[np.ndarray],
+    *,
+    top: int = 10,
+    bf16: bool = True,
+) -> dict[str, Fidelity]:
+    """int8 (and bf16) against OpenVINO f32 on ``frames``: FPN-output cosine similarity and matched top boxes.
+
+    ``fp32`` is the exported file; ``int8`` its quantized ``ov.Model`` (or IR path), run with the f32 hint
+    as the engine runs it. bf16 (only where the CPU has native bf16) is the project's engine -- stacks
+    bf16, predictors and post-processing f32 (:mod:`.openvino_mixed`) -- for the detections; its FPN
+    levels come from the whole graph compiled under the bf16 hint, where the stacks run alike.
+    """
+    ov = require("openvino")
+    import torch
+
+    from .openvino_engine import OpenVINOEngine, cpu_has_bf16
+
+    core = ov.Core()
+    frames = _frames_for(frames)
+    base = core.read_model(str(fp32))
+    q = core.read_model(str(int8)) if isinstance(int8, (str, Path)) else int8
+    ref = _run(ov, base, frames, "f32")
+    got = _run(ov, q, frames, "f32")
+    result = {"int8": _compare("int8", ref, [g[0] for g in got], [g[1] for g in got], top)}
+    if bf16 and cpu_has_bf16(core):
+        levels = [g[1] for g in _run(ov, base, frames, "bf16")]
+        engine = OpenVINOEngine(Path(fp32), precision="bf16")
+        dets = []
+        for frame in frames:
+            d = engine([torch.from_numpy(frame)])[0]
+            dets.append([d["boxes"].numpy(), d["scores"].numpy(), d["labels"].numpy()])
+        result["bf16"] = _compare("bf16", ref, dets, levels, top)
+    return result

@@ -1,0 +1,237 @@
+"""int8 on OpenVINO (NNCF post-training quantization): what is quantized, what stays f32, agreement, calibration.
+
+Random weights (seed 0 via ``weights: random``), min_size 160, calibrated on 3 frames of the shipped
+clip: each model is exported and quantized once per module (about 20-40 s each on 2 cores). Nothing
+here needs VNNI or AVX512: OpenVINO runs int8 on any AVX2 CPU (slower without VNNI); the check on the
+runtime model's int8 kernels applies where OpenVINO lists the ``INT8`` capability, the graph checks
+everywhere.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from detector import load_config
+from detector.engines.export import export_model, weights_sha256
+from detector.engines.quantize import (
+    INT8_SCOPES,
+    CalibrationSet,
+    fidelity,
+    int8_node_names,
+    quantize_openvino,
+    read_calibration,
+)
+from detector.errors import EngineError, SourceError
+from detector.models import build_model
+
+from .conftest import DEMO
+
+ov = pytest.importorskip("openvino")
+pytest.importorskip("nncf")
+
+MODELS = ("fasterrcnn_resnet50_fpn", "retinanet_resnet50_fpn")
+SIZES = {"min_size": 160, "max_size": 200, "score_threshold": 0.0, "device": "cpu", "weights": "random"}
+PREDICTORS = ("cls_logits", "bbox_reg", "bbox_pred", "box_predictor")
+"""Name parts of the final predictors (RetinaNet heads, RPN 1x1s, ROI box predictor): kept f32."""
+
+
+@pytest.fixture(scope="module")
+def calibration() -> CalibrationSet:
+    return read_calibration(DEMO, 3)
+
+
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory: pytest.TempPathFactory, calibration: CalibrationSet) -> dict[str, tuple[Path, Any]]:
+    """model -> (fp32 .onnx, int8 ``ov.Model``)."""
+    root = tmp_path_factory.mktemp("int8")
+    out = {}
+    for name in MODELS:
+        cfg = load_config(None, {"model": name, **SIZES})
+        model, names, _ = build_model(cfg)
+        onnx = root / f"{name}.onnx"
+        export_model(model, cfg, names, onnx, fmt="onnx", weights_sha=weights_sha256(cfg, model), progress=False)
+        out[name] = (onnx, quantize_openvino(onnx, calibration))
+    return out
+
+
+@functools.cache
+def clip() -> tuple[np.ndarray, ...]:
+    """All 60 frames of the shipped clip, RGB CHW float (the calibration set takes 0, 30 and 59)."""
+    return read_calibration(DEMO, 60).frames
+
+
+def frame(index: int) -> np.ndarray:
+    return clip()[index]
+
+
+# -- calibration ---------------------------------------------------------------------------------------------------
+
+
+def test_calibration_frames_are_spread_evenly_rgb_chw_and_described(calibration: CalibrationSet) -> None:
+    what = json.loads(calibration.description)
+    assert what["kind"] == "video" and what["frames"] == [0, 30, 59]  # 60 frames, first and last included
+    assert len(what["sha256"]) == 64
+    cap = cv2.VideoCapture(str(DEMO))
+    ok, first = cap.read()
+    cap.release()
+    assert ok
+    f = calibration.frames[0]
+    assert f.shape == (3, 576, 768) and f.dtype == np.float32 and f.flags.c_contiguous
+    assert 0.0 <= f.min() and f.max() <= 1.0
+    np.testing.assert_allclose(f[0], first[:, :, 2] / 255.0, atol=1e-6)  # channel 0 is red: BGR became RGB
+
+
+def test_calibration_key_changes_with_the_frames(tmp_path: Path, calibration: CalibrationSet) -> None:
+    assert read_calibration(DEMO, 3).key == calibration.key  # same file, same frames: same key
+    assert read_calibration(DEMO, 4).key != calibration.key  # other frames
+    changed = tmp_path / "clip.mp4"
+    shutil.copyfile(DEMO, changed)
+    with changed.open("ab") as f:  # same decoded frames, other bytes: a new key all the same
+        f.write(b"\0")
+    assert read_calibration(changed, 3).key != calibration.key
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, f in enumerate(read_calibration(DEMO, 5).frames):
+        cv2.imwrite(str(folder / f"{i:02d}.png"), (f.transpose(1, 2, 0)[:, :, ::-1] * 255).round().astype(np.uint8))
+    (folder / "notes.txt").write_text("not an image")
+    images = read_calibration(folder, 3)
+    assert [name for name, _ in json.loads(images.description)["files"]] == ["00.png", "02.png", "04.png"]
+    key = images.key
+    cv2.imwrite(str(folder / "02.png"), np.zeros((8, 8, 3), np.uint8))
+    assert read_calibration(folder, 3).key != key
+
+
+def test_calibration_bad_sources_are_one_line_errors(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="does not exist"):
+        read_calibration(tmp_path / "missing.mp4")
+    with pytest.raises(SourceError, match="holds no images"):
+        read_calibration(tmp_path)
+    (tmp_path / "broken.mp4").write_bytes(b"not a video")
+    with pytest.raises(SourceError):
+        read_calibration(tmp_path / "broken.mp4")
+    with pytest.raises(EngineError, match="at least one frame"):
+        read_calibration(DEMO, 0)
+
+
+# -- what is int8 and what stays f32 -----------------------------------------------------------------------------------
+
+
+def runtime_layers(model: Any, shape: tuple[int, int, int]) -> list[tuple[str, str, str]]:
+    """(layer type, runtime precision, original names) of each node the CPU plugin compiled."""
+    m = model.clone()
+    m.reshape(list(shape))
+    compiled = ov.Core().compile_model(m, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    layers = []
+    for op in compiled.get_runtime_model().get_ops():
+        info = op.get_rt_info()
+        layers.append((info["layerType"].astype(str), info["runtimePrecision"].astype(str),
+                       info["originalLayersNames"].astype(str)))  # fmt: skip
+    return layers
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_int8_quantizes_the_stacks_and_keeps_predictors_and_nms_f32(
+    name: str, quantized: dict[str, tuple[Path, Any]]
+) -> None:
+    onnx, q = quantized[name]
+    fp32 = ov.Core().read_model(str(onnx))
+    quantized_nodes = int8_node_names(q)
+    assert quantized_nodes and all(n.startswith(INT8_SCOPES) for n in quantized_nodes)
+    assert not [n for n in quantized_nodes if any(p in n for p in PREDICTORS)]
+    convs = [op.get_friendly_name() for op in fp32.get_ordered_ops() if op.get_type_name() == "Convolution"]
+    stacks = [c for c in convs if c.startswith(INT8_SCOPES)]
+    int8_convs = {n.removesuffix("/WithoutBiases") for n in quantized_nodes}
+    # every convolution in the stacks has its input quantized (ResNet-50 + FPN: 53 + 8 convs at least)
+    assert len(stacks) >= 61 and all(c.removesuffix("/WithoutBiases") in int8_convs for c in stacks), sorted(
+        set(c.removesuffix("/WithoutBiases") for c in stacks) - int8_convs
+    )[:5]
+    if name.startswith("fasterrcnn"):
+        assert any("/roi_heads/box_head/fc6/" in n for n in quantized_nodes)
+        assert any("/roi_heads/box_head/fc7/" in n for n in quantized_nodes)
+    # NMS sits in the If bodies of batched_nms (empty input or not): no quantizer there, f32 boxes and scores
+    bodies = [op.get_function(i) for op in q.get_ordered_ops() if op.get_type_name() == "If" for i in (0, 1)]
+    nms = [op for body in bodies for op in body.get_ordered_ops() if op.get_type_name() == "NonMaxSuppression"]
+    assert nms and all(v.get_element_type() == ov.Type.f32 for op in nms for v in op.input_values()[:2])
+    assert not [op for body in bodies for op in body.get_ordered_ops() if op.get_type_name() == "FakeQuantize"]
+    layers = runtime_layers(q, (3, 120, 160))
+    if "INT8" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        pytest.skip("OpenVINO lists no INT8 capability on this CPU: the graph is quantized, the kernels are not")
+    compute = [(t, p, names) for t, p, names in layers if t in ("Convolution", "FullyConnected", "MatMul")]
+    int8 = [names for _, p, names in compute if p in ("i8", "u8")]
+    assert len(int8) >= 61
+    for t, p, names in compute:
+        if any(part in names for part in PREDICTORS):
+            assert p == "f32", (t, p, names)
+        if "/backbone/body/" in names:
+            assert p in ("i8", "u8"), (t, p, names)
+    if name.startswith("fasterrcnn"):
+        assert any("box_head/fc6" in n for n in int8) and any("box_head/fc7" in n for n in int8)
+
+
+# -- agreement with f32 --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_int8_agrees_with_fp32_openvino(name: str, quantized: dict[str, tuple[Path, Any]]) -> None:
+    """FPN outputs within 1% of f32 (cosine; the issue measured 0.9987-0.9990 with COCO weights at 320 px).
+
+    The detections: random weights give many near-tied scores and boxes learned from nothing, so a
+    0.1% change of the features can reorder them; what is asserted is that most of f32's top-10
+    boxes are found again by int8 with the same label at IoU >= 0.5 and that the matched scores move
+    by a few hundredths at most, where a broken quantization (or one of the predictors) scatters them."""
+    onnx, q = quantized[name]
+    frames = [frame(15), frame(45)]  # not calibration frames
+    result = fidelity(onnx, q, frames, top=10, bf16=False)["int8"]
+    assert result.detections == 20
+    assert min(result.fpn_cosine) >= 0.99, result.row()
+    assert result.matched >= 0.6, result.row()
+    assert result.score_diff_median <= 0.05, result.row()
+
+
+def test_fidelity_tells_a_different_model_apart(quantized: dict[str, tuple[Path, Any]]) -> None:
+    """The measure can fail: another model's int8 graph (other weights) is far from this f32 one."""
+    onnx, _ = quantized["fasterrcnn_resnet50_fpn"]
+    torch.manual_seed(1)
+    cfg = load_config(None, {"model": "fasterrcnn_resnet50_fpn", **SIZES})
+    model, names, _ = build_model(cfg)
+    for p in model.backbone.fpn.parameters():  # other FPN weights: other features, other boxes
+        torch.nn.init.normal_(p, std=0.05)
+    other = onnx.with_name("other.onnx")
+    export_model(model, cfg, names, other, fmt="onnx", weights_sha="other", progress=False)
+    result = fidelity(onnx, ov.Core().read_model(str(other)), [frame(15)], top=10, bf16=False)["int8"]
+    assert min(result.fpn_cosine) < 0.9, result.row()
+
+
+def test_quantized_graph_saves_keeps_dynamic_size_and_runs_in_the_engine(
+    tmp_path: Path, quantized: dict[str, tuple[Path, Any]], calibration: CalibrationSet
+) -> None:
+    from detector.engines.openvino_engine import OpenVINOEngine
+
+    _, q = quantized["retinanet_resnet50_fpn"]
+    xml = tmp_path / "int8.xml"
+    ov.save_model(q, str(xml), compress_to_fp16=False)
+    read = ov.Core().read_model(str(xml))
+    assert read.get_rt_info(["detector", "calibration"]).astype(str) == calibration.description
+    assert read.input(0).get_partial_shape().is_dynamic
+    engine = OpenVINOEngine(xml, precision="fp32")  # int8 comes from the graph; the rest runs with the f32 hint
+    for h, w in ((120, 160), (200, 150)):
+        out = engine([torch.rand(3, h, w)])[0]
+        assert out["boxes"].shape[1] == 4 and len(out["scores"]) == len(out["labels"]) > 0
+        assert bool((out["boxes"][:, 2] <= w + 1e-3).all()) and bool((out["boxes"][:, 3] <= h + 1e-3).all())
+    assert engine.compiled_sizes == [(120, 160), (200, 150)]
+
+
+def test_quantize_refuses_what_it_cannot_quantize(tmp_path: Path, calibration: CalibrationSet) -> None:
+    with pytest.raises(EngineError, match="cannot read"):
+        quantize_openvino(tmp_path / "missing.onnx", calibration)
+    with pytest.raises(EngineError, match=r"\(3, H, W\) float32"):
+        quantize_openvino(tmp_path / "missing.onnx", [np.zeros((3, 8, 8), np.uint8)])
