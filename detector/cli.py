@@ -17,7 +17,16 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from . import __distribution__, __version__
-from .config import DetectorConfig, load_config
+from .config import (
+    CODECS,
+    ENGINES,
+    EXPORT_FORMATS,
+    EXPORT_PRECISIONS,
+    PRECISIONS,
+    SERVE_TOKEN_ENV,
+    DetectorConfig,
+    load_config,
+)
 from .errors import DetectorError, Interrupted
 
 if TYPE_CHECKING:
@@ -40,11 +49,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--score", type=float, dest="score_threshold", help="minimum score to keep (default 0.5)")
     g.add_argument("--classes", help="keep only these classes, comma-separated names or ids, e.g. person,car")
     g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
-    g.add_argument("--precision", choices=("fp32", "fp16", "bf16"), help="inference precision (default fp32)")
+    g.add_argument("--precision", choices=PRECISIONS, help="inference precision (default fp32)")
     g.add_argument("--min-size", type=int, dest="min_size", help="shorter side the model resizes to")
     g.add_argument("--max-size", type=int, dest="max_size", help="cap on the longer side after resizing")
     g.add_argument("--offline", action="store_true", help="never download weights")
-    g.add_argument("--engine", choices=("auto", "torch", "openvino", "onnxruntime"),
+    g.add_argument("--engine", choices=ENGINES,
                    help="inference engine (default auto: torch, or the file's own for .xml/.onnx models); "
                    "openvino/onnxruntime export a registry model on first use into a cache")  # fmt: skip
     g.add_argument("--fast", action="store_true", help=f"use the fastest correct CPU preset ({FAST_PRESET})")
@@ -75,8 +84,9 @@ def _config_from(args: argparse.Namespace) -> DetectorConfig:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .io.sources import open_source
+    from .planning import DEFAULT_SOURCE, plan_outputs
     from .predictor import Detector
-    from .runner import DEFAULT_SOURCE, plan_outputs, run
+    from .runner import run
 
     cfg = _config_from(args)
     for flag, value, least in (
@@ -93,7 +103,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise DetectorError(f"--end ({args.end}) must be greater than --start ({args.start or 0})")
     # Check input, outputs and views before the (slow) model load and before any output is
     # opened, so mistakes fail fast and a failed start leaves earlier outputs as they were.
-    serve_token = args.serve_token if args.serve_token is not None else os.environ.get("DETECTOR_SERVE_TOKEN") or None
+    serve_token = args.serve_token if args.serve_token is not None else os.environ.get(SERVE_TOKEN_ENV) or None
     if args.serve_token is not None and args.serve is None:
         raise DetectorError("--serve-token applies to the live view; add --serve [HOST:]PORT")
     if args.serve is not None:
@@ -106,10 +116,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         check_gui()
     stats_path = Path(args.stats) if args.stats not in (None, "-") else None
-    from .multi import many_inputs, run_many
+    from .folder_run import many_inputs
 
     if many_inputs(args.source):  # a folder of videos, or any run under torchrun
-        return run_many(args, cfg, stats_path)
+        return _run_folder(args, cfg, stats_path)
     source = open_source(args.source if args.source is not None else DEFAULT_SOURCE,
                          stride=args.stride or 1, start=args.start or 0, end=args.end)  # fmt: skip
     try:
@@ -146,6 +156,48 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_folder(args: argparse.Namespace, cfg: DetectorConfig, stats_path: Path | None) -> int:
+    """``detector run`` on a folder of videos or under torchrun; rank 0 prints the closing lines."""
+    from .distributed import PeerFailed
+    from .folder_run import FolderOptions, run_folder
+    from .planning import DEFAULT_SOURCE, FolderPlan
+
+    options = FolderOptions(out=args.out, json=args.json, stats=stats_path, keep_stats=args.stats is not None,
+                            stride=args.stride or 1, start=args.start or 0, end=args.end,
+                            max_frames=args.max_frames, hud=args.hud, batch_size=args.batch_size,
+                            detect_threads=args.detect_threads, codec=args.codec, progress=not args.quiet,
+                            watch=bool(args.serve is not None or args.show))  # fmt: skip
+    try:
+        result = run_folder(cfg, args.source if args.source is not None else DEFAULT_SOURCE, options)
+    except PeerFailed:  # another process failed; rank 0 reports it
+        return 2
+    if result is None:  # not rank 0
+        return 0
+    fps = result.frames / result.seconds if result.seconds > 0 else 0.0
+    where = [f"{result.processes} processes"] if result.processes > 1 else []
+    if result.videos is not None:
+        where = [f"{result.videos} videos", *([f"{len(result.skipped)} skipped"] if result.skipped else []), *where]
+    print(f"{result.frames} frames, {result.detections} detections, {fps:.2f} frames/s"
+          + (f" ({', '.join(where)})" if where else ""))  # fmt: skip
+    plan = result.plan
+    if isinstance(plan, FolderPlan):
+        print(f"annotated: {plan.out}{os.sep} (one <name>.mp4 per video)")
+        print(f"detections: {plan.out}{os.sep} (one <name>.jsonl per video)")
+    else:
+        if plan.outputs.out is not None:
+            print(f"annotated: {plan.outputs.out}")
+        if plan.outputs.json is not None:
+            print(f"detections: {plan.outputs.json}")
+    if result.stats is not None:
+        print(result.stats.table())
+        if result.stats_path is not None:
+            from .io.sinks import write_text_atomic
+
+            write_text_atomic(result.stats_path, json.dumps(result.stats.summary(), indent=2) + "\n")
+            print(f"stats: {result.stats_path}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """``detector export MODEL --format onnx|openvino``: a self-contained file plus its JSON sidecar."""
     from .engines.export import describe, export_from_config
@@ -153,7 +205,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, {"model": args.model, "weights": args.weights, "min_size": args.min_size,
                                     "max_size": args.max_size, "score_threshold": args.score_threshold,
                                     "precision": args.precision})  # fmt: skip
-    suffix = ".xml" if args.format == "openvino" else ".onnx"
+    suffix = EXPORT_FORMATS[args.format]
     out = args.out if args.out is not None else Path("exports") / f"{cfg.model}-{cfg.min_size}{suffix}"
     if out.suffix != suffix:
         out = out / f"{cfg.model}-{cfg.min_size}{suffix}" if out.suffix == "" else out
@@ -298,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, help="annotated output: a video/image file, or a folder for folders")
     p.add_argument("--json", type=Path, help="JSON Lines detections (default: next to --out)")
-    p.add_argument("--codec", choices=("auto", "h264", "mp4v"), default="auto",
+    p.add_argument("--codec", choices=CODECS, default="auto",
                    help="video --out .mp4/.m4v/.mov/.mkv: auto (default: H.264 when PyAV is installed, else mp4v), "
                    "h264 (or an error), mp4v (OpenCV's MPEG-4 part 2); .avi is always MJPG")  # fmt: skip
     p.add_argument("--max-frames", type=int, help="stop after N frames")
@@ -342,11 +394,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="registry name, e.g. fasterrcnn_resnet50_fpn")
     p.add_argument("--weights", help="a .pth file, or 'random' (default: torchvision's COCO weights)")
     p.add_argument("--config", help="YAML file or preset name (class_names, thresholds); flags override it")
-    p.add_argument("--format", choices=("onnx", "openvino"), default="onnx", help="onnx (default) or openvino")
+    p.add_argument("--format", choices=tuple(EXPORT_FORMATS), default="onnx", help="onnx (default) or openvino")
     p.add_argument("--min-size", type=int, dest="min_size", help="shorter side the model resizes to (baked in)")
     p.add_argument("--max-size", type=int, dest="max_size", help="cap on the longer side (baked in)")
     p.add_argument("--score", type=float, dest="score_threshold", help="minimum score kept (baked in)")
-    p.add_argument("--precision", choices=("fp32", "bf16"), help="precision to run it at (recorded in the sidecar)")
+    p.add_argument("--precision", choices=EXPORT_PRECISIONS, help="precision to run it at (recorded in the sidecar)")
     p.add_argument("--out", type=Path, help="output file (.onnx or .xml) or folder (default exports/)")
     p.add_argument("--offline", action="store_true", help="never download weights")
     p.set_defaults(func=cmd_export)

@@ -23,6 +23,14 @@ from .errors import ConfigError
 DEVICES_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 PRECISIONS = ("fp32", "fp16", "bf16")
 ENGINES = ("auto", "torch", "openvino", "onnxruntime")
+EXPORT_PRECISIONS = ("fp32", "bf16")
+"""What an exported model can be recorded to run at (fp16 is CUDA's, and exports run on the CPU)."""
+EXPORT_FORMATS = {"onnx": ".onnx", "openvino": ".xml"}
+"""``detector export --format`` -> the model file's extension."""
+CODECS = ("auto", "h264", "mp4v")
+"""Video codecs for ``.mp4``-like outputs (``.avi`` is always MJPG)."""
+SERVE_TOKEN_ENV = "DETECTOR_SERVE_TOKEN"
+"""The live view's access token when none is given."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,20 +1,28 @@
 """Several processes under ``torchrun``: one process per GPU (NCCL) or per CPU share (gloo).
 
-Shared by ``detector eval`` (:mod:`detector.eval.evaluator`) and ``detector run``
-(:mod:`detector.multi`). Nothing here does anything in a single process.
+The one home of the process-group helpers, used by ``detector eval``
+(:mod:`detector.eval.evaluator`) and ``detector run`` over folders (:mod:`detector.folder_run`):
+joining the group, and :class:`Group`'s collectives, which agree on errors so one process's
+failure ends the step on all of them. Nothing here does anything in a single process.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from .config import DetectorConfig
+from .errors import DetectorError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def env_world_size() -> int:
@@ -51,3 +59,97 @@ def distributed_from_env(
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+class PeerFailed(Exception):  # noqa: N818 (not an error of this process)
+    """Another process failed; rank 0 reports it, this one exits 2 without a word."""
+
+
+def describe_error(exc: Exception) -> str:
+    """One line for another process to report: a user's error as it is, anything else with its type
+    (its traceback logged here, on the process where it happened)."""
+    if isinstance(exc, DetectorError):
+        return str(exc)
+    log.exception("unexpected error")  # the traceback, on the process where it happened
+    return f"{type(exc).__name__}: {exc}"
+
+
+class Group:
+    """Collectives over the process group, or their one-process equivalents."""
+
+    def __init__(self) -> None:
+        self.rank, self.size = world()
+
+    def all(self, value: T) -> list[T]:
+        if self.size == 1:
+            return [value]
+        got: list[Any] = [None] * self.size
+        dist.all_gather_object(got, value)
+        return got
+
+    def to_rank0(self, value: T) -> list[T]:
+        """Every process's ``value`` on rank 0; ``[]`` elsewhere."""
+        if self.size == 1:
+            return [value]
+        got: list[Any] | None = [None] * self.size if self.rank == 0 else None
+        dist.gather_object(value, got, dst=0)
+        return got or []
+
+    def from_rank0(self, value: T) -> T:
+        if self.size == 1:
+            return value
+        box: list[Any] = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]  # type: ignore[no-any-return]
+
+    def by_rank0(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on rank 0 only and give every process its result; when it fails, it fails on
+        every process (rank 0 raises the error, the others :class:`PeerFailed`)."""
+        if self.size == 1:
+            return fn()
+        value, error = None, None
+        if self.rank == 0:
+            try:
+                value = fn()
+            except Exception as exc:
+                error = describe_error(exc)
+        value, error = self.from_rank0((value, error))
+        if error is not None:
+            if self.rank == 0:
+                raise DetectorError(error)
+            raise PeerFailed
+        return value  # type: ignore[return-value]
+
+    def step(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` here, then agree: when it failed on any process, it fails on every one."""
+        if self.size == 1:
+            return fn()
+        value, error = None, None
+        try:
+            value = fn()
+        except Exception as exc:
+            error = describe_error(exc)
+        self.fail_if(self.all(error))
+        return value  # type: ignore[return-value]
+
+    def fail_if(self, errors: list[str | None]) -> None:
+        """Raise on every process when any entry (one per process) is an error: rank 0 the
+        error, the others :class:`PeerFailed`."""
+        message = one_line(errors)
+        if message is None:
+            return
+        if self.rank != 0:
+            raise PeerFailed
+        raise DetectorError(message)
+
+
+def one_line(errors: list[str | None]) -> str | None:
+    """The line that reports the processes' errors (one entry per process), or None."""
+    failed = [(rank, e) for rank, e in enumerate(errors) if e is not None]
+    if not failed:
+        return None
+    rank, first = failed[0]
+    if len(errors) == 1 or (len(failed) == len(errors) and len({e for _, e in failed}) == 1):
+        return first  # one process, or the same error everywhere
+    more = f" (and {len(failed) - 1} more process(es) failed; see their messages above)" if len(failed) > 1 else ""
+    return f"process {rank} of {len(errors)}: {first}{more}"

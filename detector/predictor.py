@@ -118,13 +118,15 @@ class Detector:
             try:
                 ids = Detections.empty(self.class_names).label_ids(classes)
             except ValueError as exc:
-                raise ConfigError(f"--classes / class filter: {exc}") from None
+                raise ConfigError(f"classes (--classes): {exc}") from None
             self.keep_labels = np.array(sorted(ids), dtype=np.int64)
         if isinstance(model, nn.Module):
             model = TorchEngine(model, device=self.device, precision=precision, channels_last=channels_last,
                                 compile=compile)  # fmt: skip
         elif self.device.type != "cpu":
-            raise ConfigError(f"the {model.kind} engine runs on the CPU; use --device cpu or --engine torch")
+            raise ConfigError(
+                f"the {model.kind} engine runs on the CPU; use device cpu (--device cpu) or the torch engine"
+            )
         self.engine: Engine = model
         self.model: nn.Module | Engine = model.model if isinstance(model, TorchEngine) else model
         """The torch module for the torch engine (what tests and users poke at), else the engine itself."""
@@ -174,7 +176,9 @@ class Detector:
             from .engines.load import engine_from_config
 
             if cfg.compile:
-                raise ConfigError("--compile applies to the torch engine; drop it for OpenVINO/ONNX Runtime models")
+                raise ConfigError(
+                    "compile (--compile) applies to the torch engine; drop it for OpenVINO/ONNX Runtime models"
+                )
             engine, class_names, post = engine_from_config(cfg, progress=progress)
             device = "cpu" if cfg.device == "auto" else cfg.device
             return cls(engine, name=post.name, class_names=class_names, device=device, precision=engine.precision,

@@ -11,27 +11,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import cv2
 from tqdm import tqdm
 
-from .errors import SinkError
 from .io.base import Closeable
 from .io.live import LiveSource
 from .io.offthread import OffThreadSink
-from .io.sinks import ImageSink, JsonlSink, VideoFileSink, check_video_codec, prepare_output
+from .io.sinks import ImageSink, JsonlSink, VideoFileSink
 from .io.sources import ImageSource, VideoFileSource, open_source
 from .io.types import Frame
 from .pipeline import Stats, check_arguments, check_counts, run_pipeline
+from .planning import DEFAULT_SOURCE, AnySource, OutputPlan, plan_outputs
 from .predictor import Detector
 from .render import annotate
 from .render.hud import Hud
-from .resources import DEMO_CLIP
 from .structures import Detections
 
 log = logging.getLogger(__name__)
-DEFAULT_SOURCE = DEMO_CLIP
-DEFAULT_OUT_DIR = Path("runs")
-AnySource = ImageSource | VideoFileSource | LiveSource
 
 
 class Sink(Protocol):
@@ -48,117 +43,6 @@ class RunResult:
     json: Path | None
     seconds: float
     stats: Stats
-
-
-@dataclass(frozen=True)
-class OutputPlan:
-    """Where a run writes: annotated media (a file or, for image folders, a folder), JSON Lines, stats."""
-
-    out: Path | None
-    json: Path | None
-    stats: Path | None = None
-
-
-def _json_beside(out: Path) -> Path:
-    return out.with_suffix(".jsonl") if out.suffix else out.with_name(out.name + ".jsonl")
-
-
-def _numbered(path: Path, n: int) -> Path:
-    return path if n == 1 else path.with_name(f"{path.stem}-{n}{path.suffix}")
-
-
-def _default_media(source: AnySource) -> Path:
-    info = source.info
-    assert isinstance(info.path, Path)
-    if info.kind == "video":
-        return DEFAULT_OUT_DIR / f"{info.path.stem}.mp4"
-    if info.kind == "image":
-        return DEFAULT_OUT_DIR / info.path.name
-    base = source.base if isinstance(source, ImageSource) else None
-    name = base.resolve().name if base is not None else info.path.resolve().name
-    return DEFAULT_OUT_DIR / (name.strip("*?[]") or "images")
-
-
-def _free_defaults(out: Path, json: Path | None) -> tuple[Path, Path]:
-    """``runs/x.mp4`` + ``runs/x.jsonl``, or the first ``runs/x-N.*`` pair of which neither exists,
-    so default outputs never overwrite each other or an earlier run's (``json``: the user's, kept)."""
-    for n in range(1, 100_000):
-        media = _numbered(out, n)
-        jsonl = json or _json_beside(media)
-        if not media.exists() and not (json is None and jsonl.exists()):
-            return media, jsonl
-    raise SinkError(f"{out.parent} holds too many earlier outputs named {out.stem}-N; clean it or pass --out")
-
-
-def _media_files(source: AnySource, out: Path) -> list[Path]:
-    """Every file the annotated output will consist of."""
-    if isinstance(source, ImageSource) and source.info.kind == "images":
-        return [out / name for name in source.names]
-    return [out]
-
-
-def _check_image_out(out: Path) -> None:
-    if not cv2.haveImageWriter(str(out)):
-        raise SinkError(f"cannot write an image as {out.name}: give --out an image extension such as .jpg or .png")
-
-
-def plan_outputs(
-    source: AnySource,
-    out: Path | None,
-    json: Path | None,
-    *,
-    live_view: bool = False,
-    stats: Path | None = None,
-    codec: str = "auto",
-) -> OutputPlan:
-    """The output paths, checked, with their folders created; nothing is written yet.
-
-    Files default to ./runs/ for file inputs, numbered (``x-2.mp4``) rather than
-    overwriting anything. A live source writes only what is asked for, and needs
-    at least one of --out, --json, --show or --serve. Raises ``SinkError`` for
-    unusable paths, two outputs naming one file, any output naming an input, or a video
-    ``codec`` that cannot be written (see :class:`~detector.io.sinks.VideoFileSink`).
-    """
-    info = source.info
-    video_like = info.kind in ("video", "camera", "stream")
-    if out is not None and info.kind == "image":
-        _check_image_out(out)
-    if isinstance(source, LiveSource):
-        if out is None and json is None and not live_view:
-            raise SinkError(f"live {info.kind} {source.name}: nothing to do; add --serve 8080, --show, --out or --json")
-        inputs: tuple[Path, ...] = ()
-    else:
-        if out is None:
-            out, json = _free_defaults(_default_media(source), json)
-        elif json is None:
-            json = _json_beside(out)
-        inputs = tuple(source.paths) if isinstance(source, ImageSource) else (Path(info.path),)
-    if out is not None and video_like:
-        check_video_codec(out, codec)
-    named: dict[Path, str] = {}
-    for what, path in (("--out", out), ("--json", json), ("--stats", stats)):
-        if path is None:
-            continue
-        key = path.resolve()
-        if key in named:
-            raise SinkError(f"{what} {path} is the same file as {named[key]}; give each output its own path")
-        named[key] = f"{what} {path}"
-    resolved_inputs = {p.resolve(): p for p in inputs}
-    for path in [*(_media_files(source, out) if out is not None else []), *(p for p in (json, stats) if p)]:
-        hit = resolved_inputs.get(path.resolve())
-        if hit is not None:
-            raise SinkError(f"output {path} would overwrite the input {hit}; choose another --out/--json path")
-    if json is not None:
-        prepare_output(json, kind="jsonl")
-    if stats is not None:
-        prepare_output(stats, kind="stats")
-    if out is not None:
-        if info.kind == "images":
-            if out.exists() and not out.is_dir():
-                raise SinkError(f"--out {out} is a file; image folders are written to a folder")
-        else:
-            prepare_output(out, kind="image" if info.kind == "image" else "video")
-    return OutputPlan(out, json, stats)
 
 
 class BrowserView(Closeable):

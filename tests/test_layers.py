@@ -22,7 +22,8 @@ LAYERS = [
     ("detector.engines",),  # torch, OpenVINO, ONNX Runtime; export and its cache
     ("detector.predictor",),  # Detector: frames in, Detections out, whatever engine
     ("detector.pipeline",),
-    ("detector.runner", "detector.eval", "detector.multi"),  # applications
+    ("detector.planning",),  # where a run writes, decided before any work
+    ("detector.runner", "detector.eval", "detector.folder_run"),  # applications
     ("detector.cli", "detector.__main__"),
 ]
 

@@ -22,7 +22,7 @@ import pytest
 
 from detector.errors import SinkError
 from detector.io import JsonlSink, VideoFileSink, open_source
-from detector.runner import plan_outputs
+from detector.planning import plan_outputs
 
 from .conftest import COCO_MINI, DEMO, TORCHSCRIPT, VIDEO, frames_in, need
 

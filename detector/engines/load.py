@@ -180,5 +180,5 @@ def engine_from_config(cfg: DetectorConfig, *, progress: bool = True) -> tuple[E
             f"not {cfg.model}"
         )
     if cfg.device not in ("auto", "cpu"):
-        raise ConfigError(f"the {cfg.engine} engine runs on the CPU; use --device cpu or --engine torch")
+        raise ConfigError(f"the {cfg.engine} engine runs on the CPU; use device cpu (--device cpu) or the torch engine")
     return load_cached(cfg, progress=progress)

@@ -14,11 +14,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..config import EXPORT_FORMATS
 from ..errors import EngineError
 from ..models.weights import sha256_of as sha256_file
 
 FORMAT_VERSION = 1
-FORMATS = {"onnx": ".onnx", "openvino": ".xml"}
+FORMATS = EXPORT_FORMATS
 
 
 @dataclasses.dataclass(frozen=True)

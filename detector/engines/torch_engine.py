@@ -82,7 +82,7 @@ def compile_parts(model: nn.Module) -> list[nn.Module]:
     module tree and state_dict keys stay as they are); the whole model when it has no backbone.
     Compiling happens on the first call; box decoding, NMS and the heads' Python stay eager."""
     if isinstance(model, torch.jit.ScriptModule):
-        raise EngineError("--compile needs an eager torch model; a TorchScript file cannot be compiled")
+        raise EngineError("compile (--compile) needs an eager torch model; a TorchScript file cannot be compiled")
     part = getattr(model, "backbone", None)
     part = part if isinstance(part, nn.Module) else model
     part.compile(dynamic=None)
@@ -131,7 +131,7 @@ class TorchEngine:
         except Exception as exc:
             if self.compiled and type(exc).__module__.startswith(("torch._dynamo", "torch._inductor")):
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-                raise EngineError(f"torch.compile failed ({first}); run without --compile") from exc
+                raise EngineError(f"torch.compile failed ({first}); run without compile (--compile)") from exc
             raise
         if self.compiled and self.warmup_seconds is None:
             self.warmup_seconds = time.perf_counter() - start

@@ -15,11 +15,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
 from ..categories import UNUSED_NAMES
-from ..distributed import world as _world
+from ..distributed import Group
 from ..io.sources import read_image
 from ..predictor import Detector
 from ..structures import Detections
@@ -138,8 +137,9 @@ class CocoEvaluator:
         The next batch is decoded in a helper thread while the model runs on
         this one (OpenCV releases the GIL while decoding).
         """
-        rank, world = _world()
-        ids = self.dataset.image_ids[rank::world]
+        group = Group()
+        rank = group.rank
+        ids = self.dataset.image_ids[rank :: group.size]
         imgs = self.dataset.coco.imgs
         batches = size_batches(ids, [(imgs[i].get("width"), imgs[i].get("height")) for i in ids], batch_size)
         speed = Speed()
@@ -171,11 +171,10 @@ class CocoEvaluator:
 
     def gather(self) -> None:
         """Under torch.distributed, give every process all results (in single-process order)."""
-        _, world = _world()
-        if world == 1:
+        group = Group()
+        if group.size == 1:
             return
-        parts: list[list[dict[str, Any]] | None] = [None] * world
-        dist.all_gather_object(parts, self.results)
+        parts = group.all(self.results)
         order = {img: i for i, img in enumerate(self.dataset.image_ids)}
         merged = [row for part in parts for row in (part or [])]
         # a stable sort by image restores single-process order: each image's rows come from one rank
@@ -191,26 +190,18 @@ class CocoEvaluator:
             self.reset()
             speed = self.run(detector, batch_size=batch_size, progress=progress)
             self.gather()
-            if _world()[1] > 1:
-                speed = _gather_speed(speed)
-        rank, world = _world()
-        if world == 1:
-            scores = score(self.dataset.coco, self.results, self.dataset.image_ids, self.backend)
-        else:  # rank 0 scores once; the others get its result
-            box: list[Scores | None] = [
-                score(self.dataset.coco, self.results, self.dataset.image_ids, self.backend) if rank == 0 else None
-            ]
-            dist.broadcast_object_list(box, src=0)
-            assert box[0] is not None
-            scores = box[0]
+            speed = _gather_speed(speed)
+        group = Group()  # rank 0 scores once; the others get its result
+        scores = group.from_rank0(
+            score(self.dataset.coco, self.results, self.dataset.image_ids, self.backend) if group.rank == 0 else None
+        )
+        assert scores is not None
         return EvalReport(scores, self.model_name, len(self.dataset), speed, self.results)
 
 
 def _gather_speed(speed: Speed) -> Speed:
-    """Object collectives work on every backend (NCCL refuses CPU tensors)."""
-    parts: list[Speed | None] = [None] * _world()[1]
-    dist.all_gather_object(parts, speed)
-    got = [p for p in parts if p is not None]
+    """Every process's speed in one (object collectives work on every backend; NCCL refuses CPU tensors)."""
+    got = Group().all(speed)
     # model time adds up over processes; wall time is the slowest process's
     return Speed(sum(p.images for p in got), sum(p.model_seconds for p in got), max(p.total_seconds for p in got))
 

@@ -15,10 +15,11 @@ import socket
 from collections.abc import Iterable
 from http import HTTPStatus
 
+from ..config import SERVE_TOKEN_ENV
 from ..errors import SinkError
 
 log = logging.getLogger(__name__)
-TOKEN_ENV = "DETECTOR_SERVE_TOKEN"
+TOKEN_ENV = SERVE_TOKEN_ENV
 NO_TOKEN = "none"
 _TOKEN_RE = re.compile(r"[A-Za-z0-9._~-]{16,256}")  # safe in a URL and a cookie as is
 _TOKEN_IN_URL = re.compile(r"(token=)[^&\s\"]*")
