@@ -11,7 +11,10 @@ finalised, so an existing file is only ever replaced by a complete one:
 - an error: the frames before it are kept; renamed into place unless that would
   replace an existing file, which then stays as it was and the new output is
   kept beside it as ``<stem>.incomplete<suffix>`` (logged);
-- a sink that never got a frame and closes on an error: its temporary file is removed.
+- a sink that never got a frame and closes on an error: its temporary file is removed;
+- a full disk (``ENOSPC``, ``EDQUOT``) or a file-size limit (``EFBIG``, ``ulimit -f``): a
+  :class:`DiskFullError`, one line that says what each file sink kept: a file that decodes (named,
+  with the frames or lines it holds) or nothing (an unfinished file is removed, not named).
 
 Video codecs (:class:`VideoFileSink`): ``.mp4``, ``.m4v``, ``.mov`` and ``.mkv`` are H.264
 (libx264 through PyAV, yuv420p; MP4/MOV with ``+faststart`` so a browser starts playing before
@@ -21,6 +24,8 @@ PyAV is missing, has no libx264, or its encoder fails to open; ``.avi`` is alway
 
 from __future__ import annotations
 
+import base64
+import errno
 import json
 import logging
 import os
@@ -51,6 +56,106 @@ X264_OPTIONS = {"preset": "ultrafast", "crf": "23"}
 """libx264 settings; see :class:`_H264Writer` for why."""
 _FASTSTART = (".mp4", ".m4v", ".mov")
 _OPENCV_NAMES = {"mp4v": ("mp4v", "MPEG-4 part 2"), "XVID": ("mp4v", "MPEG-4 part 2"), "MJPG": ("mjpg", "Motion JPEG")}
+_FULL_REASONS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EFBIG: "the file size limit was reached",
+}
+"""The write errors that mean "no room": each becomes a :class:`DiskFullError`."""
+_SPACE_CHECK_EVERY = 16
+"""OpenCV's writers ignore write errors: every this many frames the file is checked for room (a
+``stat``; when it did not grow, a probe write, see :func:`_room_left`)."""
+
+
+class DiskFullError(SinkError):
+    """A write failed for lack of room: a full disk (``ENOSPC``), a quota (``EDQUOT``) or a
+    file-size limit (``EFBIG``, e.g. ``ulimit -f``). One line; while the run unwinds, each file
+    sink closing after it adds what it kept (:attr:`kept`), so the line ends by saying truthfully
+    which files hold what, or that nothing was kept."""
+
+    def __init__(self, path: Path, code: int, *, action: str = "write") -> None:
+        self.path = path
+        self.errno = code
+        self.action = action
+        self.kept: list[str] = []
+        """One clause per file sink, e.g. ``the first 12 frames are in out/x.mkv``."""
+        super().__init__(path, code)  # the arguments that rebuild it (pickling); the rest is in __dict__
+
+    def __str__(self) -> str:
+        reason = _FULL_REASONS.get(self.errno, "no room")
+        hint = "raise the file-size limit (ulimit -f)" if self.errno == errno.EFBIG else "free some space"
+        kept = "".join(f"; {note}" for note in self.kept)
+        return f"cannot {self.action} {self.path}: {reason} ({os.strerror(self.errno)}){kept}; {hint} and run again"
+
+
+def _room_errno(exc: BaseException) -> int | None:
+    """The errno of ``exc`` when it means "no room" (see :data:`_FULL_REASONS`), else None."""
+    code = getattr(exc, "errno", None) if isinstance(exc, OSError) else None
+    return code if code in _FULL_REASONS else None
+
+
+_PROBE_BYTES = 64 * 1024
+"""What :func:`_room_left` tries to write: more than one encoded frame of a small video."""
+
+
+def _room_left(folder: Path) -> int | None:
+    """Write :data:`_PROBE_BYTES` to a probe file in ``folder`` (then remove it): the errno when
+    that fails for lack of room, else None. Asked of the file system itself, because free-space
+    figures mislead (ext4 keeps blocks that even root cannot use; quotas do not show)."""
+    probe = folder / f".detector-probe-{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, bytes(_PROBE_BYTES))
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        return _room_errno(exc)
+    finally:
+        try:
+            probe.unlink()
+        except OSError:
+            pass
+    return None
+
+
+def _size_limit() -> int | None:
+    """The soft file-size limit (``ulimit -f``) in bytes, None when unlimited."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def _out_of_room(path: Path, last_size: int | None) -> tuple[int | None, int]:
+    """For writers that do not report write errors (OpenCV's): ``(errno, size)``, the errno being
+    ``EFBIG`` when ``path`` has reached the file-size limit, or the one :func:`_room_left` gets
+    when the file did not grow since ``last_size`` (``None``: probe anyway), else None."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return None, 0
+    limit = _size_limit()
+    if limit is not None and size >= limit:
+        return errno.EFBIG, size
+    if last_size is None or size == last_size:
+        return _room_left(path.parent), size
+    return None, size
+
+
+def count_decodable_frames(path: Path) -> int:
+    """How many frames OpenCV decodes from ``path``, in order, until the first failure (0 when it
+    does not open): what a partly written video still holds."""
+    cap = cv2.VideoCapture(str(path))
+    try:
+        frames = 0
+        while cap.isOpened() and cap.grab():
+            frames += 1
+        return frames
+    finally:
+        cap.release()
 
 
 def _import_av() -> ModuleType:
@@ -151,66 +256,139 @@ def _finalise(tmp: Path, final: Path, *, failed: bool, written: int) -> Path | N
 
 
 class _Sink(Closeable):
-    """Base of the file sinks: remembers whether the ``with`` block ended on an error."""
+    """Base of the file sinks: remembers whether the ``with`` block ended on an error, and which."""
 
     _failed = False
+    _unwinding: BaseException | None = None
+    """The exception that ends the ``with`` block, if any."""
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._failed = exc_type is not None and not issubclass(exc_type, KeyboardInterrupt)
+        self._unwinding = exc
         self.close()
+
+    def _report_full(self, full: DiskFullError, note: str) -> None:
+        """Say what this sink kept after running out of room: in the :class:`DiskFullError` that
+        ends the run (raised here when nothing else is), or logged beside another error."""
+        unwinding = self._unwinding
+        if isinstance(unwinding, DiskFullError):
+            unwinding.kept.append(note)
+            return
+        if unwinding is None:
+            if note not in full.kept:
+                full.kept.append(note)
+            raise full
+        log.warning("%s; %s", full, note)  # another error (or a stop signal) ends the run: it stays the one raised
 
 
 class _PartialFileSink(_Sink):
-    """A sink writing one file under :func:`partial_path`, finalised by :func:`_finalise` on close."""
+    """A sink writing one file under :func:`partial_path`, finalised by :func:`_finalise` on close.
+
+    Out of room (:class:`DiskFullError`, from a write or from finishing the file), only what still
+    reads back is kept (:meth:`_salvage`): the file is renamed as after any failure, or removed
+    when nothing in it is usable, and :meth:`_kept_note` says which.
+    """
 
     path: Path
     _tmp: Path
     _closed = False
+    _full: DiskFullError | None = None
+    """Set when a write ran out of room; close() then keeps only what reads back."""
 
     def _release(self) -> None:
-        """Flush and close the underlying writer."""
+        """Flush and close the underlying writer; out of room, raise a :class:`DiskFullError`."""
 
     def _written(self) -> int:
+        raise NotImplementedError
+
+    def _salvage(self) -> int:
+        """How many frames (or lines) of the closed temporary file read back (0: nothing usable)."""
+        return self._written()
+
+    def _kept_note(self, done: Path | None, kept: int) -> str:
         raise NotImplementedError
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        full = self._full
         try:
             self._release()
-        finally:  # also when a stop signal lands during release
-            done = _finalise(self._tmp, self.path, failed=self._failed, written=self._written())
-            if done is not None:
-                self.path = done
+        except DiskFullError as exc:
+            full = full or exc
+        except BaseException:  # also a stop signal landing during release
+            self._finalise(failed=self._failed, written=self._written())
+            raise
+        if full is None:
+            self._finish()
+            return
+        kept = self._salvage() if self._tmp.exists() else 0
+        if self._full is None and kept >= self._written() > 0:  # only finishing failed, yet every frame reads back
+            log.warning("%s; every frame written still decodes, so it is kept", full)
+            self._finish()
+            return
+        existed = self.path.exists()
+        done = self._finalise(failed=True, written=kept)
+        note = self._kept_note(done, kept)
+        if done is None and existed:
+            note += f" ({self.path} is left as it was)"
+        self._report_full(full, note)
+
+    def _finish(self) -> None:
+        """Finalise the file written in full; when another file ran out of room, say what this one kept."""
+        done = self._finalise(failed=self._failed, written=self._written())
+        if isinstance(self._unwinding, DiskFullError):
+            self._unwinding.kept.append(self._kept_note(done, self._written()))
+
+    def _finalise(self, *, failed: bool, written: int) -> Path | None:
+        done = _finalise(self._tmp, self.path, failed=failed, written=written)
+        if done is not None:
+            self.path = done
+        return done
 
 
 class _OpenCVWriter:
     """``cv2.VideoWriter`` with a FourCC: MPEG-4 part 2 (mp4v, XVID) or MJPG."""
 
     def __init__(self, path: Path, tmp: Path, fourcc: str, fps: float, size: tuple[int, int], *, timed: bool) -> None:
+        self._path, self._tmp = path, tmp
         self._writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter.fourcc(*fourcc), fps, size)
         self._keep_last = timed
         self._last: np.ndarray | None = None
+        self._sent = 0
+        self._size = -1
+        """The file's size at the last check for room."""
         if not self._writer.isOpened():
             self._writer.release()
             tmp.unlink(missing_ok=True)
             raise SinkError(f"cannot write video {path}; check the folder is writable and the extension")
 
+    def _send(self, image: np.ndarray) -> None:
+        self._writer.write(image)  # reports no error: out of room, frames vanish without a word
+        self._sent += 1
+        if self._sent % _SPACE_CHECK_EVERY == 0:  # a stat; a probe write only when the file stopped growing
+            code, self._size = _out_of_room(self._tmp, self._size)
+            if code is not None:
+                raise DiskFullError(self._path, code)
+
     def write(self, image: np.ndarray) -> None:
-        self._writer.write(image)
+        self._send(image)
         if self._keep_last:
             self._last = image.copy()
 
     def repeat(self) -> None:
         """Write the last frame again."""
         assert self._last is not None, "repeat() needs timed=True and a frame written"
-        self._writer.write(self._last)
+        self._send(self._last)
 
     def release(self) -> None:
         self._writer.release()
+        code, _ = _out_of_room(self._tmp, None)  # the trailer (index) may not have fitted either
+        if code is not None:
+            raise DiskFullError(self._path, code, action="finish")
 
 
 class _H264Writer:
@@ -285,14 +463,24 @@ class _H264Writer:
         self._pts += 1
         try:
             self._container.mux(self._stream.encode(self._frame))
-        except self._error as exc:
+        except (self._error, OSError) as exc:
+            code = _room_errno(exc)
+            if code is not None:
+                raise DiskFullError(self._path, code) from None
             raise SinkError(f"cannot write video {self._path}: {exc}") from None
 
     def release(self) -> None:
         try:
-            self._container.mux(self._stream.encode(None))  # flush the frames libx264 still holds
-        finally:
-            self._container.close()  # the trailer (and the +faststart move)
+            try:
+                self._container.mux(self._stream.encode(None))  # flush the frames libx264 still holds
+            finally:
+                self._container.close()  # the trailer (and the +faststart move); closes the file also on errors
+        except (self._error, OSError) as exc:
+            self._container.close()  # a no-op once closed
+            code = _room_errno(exc)
+            if code is not None:
+                raise DiskFullError(self._path, code, action="finish") from None
+            raise SinkError(f"cannot finish video {self._path}: {exc}") from None
 
 
 class VideoFileSink(_PartialFileSink):
@@ -334,6 +522,9 @@ class VideoFileSink(_PartialFileSink):
                 try:
                     self._writer = _H264Writer(_import_av(), path, self._tmp, self.fps, size)
                 except Exception as exc:  # any encoder failure falls back (auto) or is reported (h264)
+                    code = _room_errno(exc)
+                    if code is not None:  # no room for the header: OpenCV would fail without a word
+                        raise DiskFullError(path, code, action="start") from None
                     if codec == "h264":
                         raise SinkError(
                             f"cannot write H.264 video {path}: the encoder failed ({exc}); use --codec mp4v"
@@ -365,10 +556,18 @@ class VideoFileSink(_PartialFileSink):
                 self._first_ts = timestamp
             due = int(round((timestamp - self._first_ts) * self.fps))  # this frame's slot in the recording
             while self._has_last and self.frames < due:
-                self._writer.repeat()
-                self.frames += 1
+                self._write(self._writer.repeat)
             self._has_last = True
-        self._writer.write(frame)
+        self._write(self._writer.write, frame)
+
+    def _write(self, send: Any, *args: Any) -> None:
+        if self._full is not None:
+            raise self._full
+        try:
+            send(*args)
+        except DiskFullError as exc:
+            self._full = exc
+            raise
         self.frames += 1
 
     def _release(self) -> None:
@@ -377,6 +576,18 @@ class VideoFileSink(_PartialFileSink):
 
     def _written(self) -> int:
         return self.frames
+
+    def _salvage(self) -> int:
+        """Decode what was written: out of room, an MP4 has no index (nothing plays) while MKV
+        or AVI may still play the frames that made it to disk."""
+        return min(count_decodable_frames(self._tmp), self.frames)
+
+    def _kept_note(self, done: Path | None, kept: int) -> str:
+        if done is None:
+            return "no video was kept (its unfinished file did not decode and was removed)"
+        if kept == 1:
+            return f"the first frame is in {done}"
+        return f"the first {kept} frames are in {done}"
 
 
 class ImageSink(_Sink):
@@ -413,42 +624,94 @@ class ImageSink(_Sink):
         tmp = partial_path(target)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            data.tofile(tmp)
+            with open(tmp, "wb") as f:  # not ndarray.tofile: its short-write error carries no errno
+                f.write(data.data)
             os.replace(tmp, target)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            raise SinkError(f"cannot write {target} ({exc.strerror}); choose a writable --out path") from None
+            code = _room_errno(exc)
+            if code is None:
+                raise SinkError(f"cannot write {target} ({exc.strerror}); choose a writable --out path") from None
+            full = DiskFullError(target, code)
+            where = f"in {self.path}" if self.folder else "before"
+            done = f"the {self.frames} images written before are {where}" if self.frames != 1 else f"1 image is {where}"
+            note = done if self.frames else "no image was written"
+            if target.exists():
+                note += f" ({target} is left as it was)"
+            full.kept.append(note)
+            raise full from None
         self.frames += 1
         return target
 
 
+def json_name(name: str) -> dict[str, str]:
+    """A file name as JSON fields that strict UTF-8 readers accept, losslessly.
+
+    Python hands a name that is not valid UTF-8 (e.g. the bytes ``b"\\xff.jpg"``) over with lone
+    surrogates (``"\\udcff.jpg"``), which JSON can only write as an escape that is no Unicode
+    text (``"\\udcff"``): strict readers (Rust's serde_json, Go, browsers) reject or mangle it.
+    So ``image`` is always valid text: the name itself when it is valid UTF-8 (nearly always),
+    else the name with each undecodable byte shown as U+FFFD (for people and logs); then
+    ``image_bytes_b64`` holds the name's exact bytes (``os.fsencode``), base64, the form JSON
+    carries bytes in, so ``open(base64.b64decode(record["image_bytes_b64"]))`` finds the file.
+    """
+    raw = os.fsencode(name)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return {"image": raw.decode("utf-8", "replace"), "image_bytes_b64": base64.b64encode(raw).decode("ascii")}
+    return {"image": text}
+
+
 class JsonlSink(_PartialFileSink):
-    """One JSON object per frame and line, flushed per line so a crash loses at most the line
-    being written: ``{"frame", "time", ["image",] "detections"}``; ``image`` (the frame's name)
-    when ``with_image`` (image inputs)."""
+    """One JSON object per frame and line, written with one system call per line so a crash loses
+    at most the line being written: ``{"frame", "time", ["image", ["image_bytes_b64",]]
+    "detections"}``; ``time`` is the frame's own timestamp (seconds from the start of the video);
+    ``image`` (the frame's name) when ``with_image`` (image inputs), with ``image_bytes_b64`` for
+    a name that is not valid UTF-8 (see :func:`json_name`). The file is strict UTF-8 (ASCII).
+
+    Out of room (see :class:`DiskFullError`), the file is cut back to its last whole line."""
 
     def __init__(self, path: str | Path, *, with_image: bool = False) -> None:
         path = Path(path)
         self.path = path
         self.with_image = with_image
         self.lines = 0
+        self._size = 0
+        """Bytes of whole lines written."""
         self._tmp = partial_path(path)
         try:
-            self._file: IO[str] = self._tmp.open("w", encoding="utf-8")
+            self._file: IO[bytes] = self._tmp.open("wb", buffering=0)
         except OSError as exc:
             raise SinkError(f"cannot write {path} ({exc.strerror}); choose a writable --json path") from None
 
     def write(self, frame: Frame, detections: Detections) -> None:
         record: dict[str, Any] = {"frame": frame.index, "time": round(frame.timestamp, 6)}
         if self.with_image:
-            record["image"] = frame.name
+            record.update(json_name(frame.name))
         record["detections"] = detections.to_dict()
         self.write_record(record)
 
     def write_record(self, record: dict[str, Any]) -> None:
         """Append any JSON-serialisable object as one line."""
-        self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
-        self._file.flush()
+        if self._full is not None:
+            raise self._full
+        line = (json.dumps(record, separators=(",", ":")) + "\n").encode("utf-8")
+        data = memoryview(line)
+        try:
+            while data:
+                data = data[os.write(self._file.fileno(), data) :]
+        except OSError as exc:
+            try:  # keep whole lines only (shrinking needs no room)
+                os.ftruncate(self._file.fileno(), self._size)
+            except OSError:
+                pass
+            code = _room_errno(exc)
+            if code is None:
+                raise SinkError(f"cannot write {self.path} ({exc.strerror})") from None
+            self._full = DiskFullError(self.path, code)
+            raise self._full from None
+        self._size += len(line)
         self.lines += 1
 
     def _release(self) -> None:
@@ -456,6 +719,11 @@ class JsonlSink(_PartialFileSink):
 
     def _written(self) -> int:
         return self.lines
+
+    def _kept_note(self, done: Path | None, kept: int) -> str:
+        if done is None:
+            return "no detections were kept"
+        return f"the detections of {kept} frame{'s' if kept != 1 else ''} are in {done}"
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -466,4 +734,9 @@ def write_text_atomic(path: Path, text: str) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise SinkError(f"cannot write {path} ({exc.strerror}); choose a writable path") from None
+        code = _room_errno(exc)
+        if code is None:
+            raise SinkError(f"cannot write {path} ({exc.strerror}); choose a writable path") from None
+        full = DiskFullError(path, code)
+        full.kept.append(f"it was not written{f' ({path} is left as it was)' if path.exists() else ''}")
+        raise full from None

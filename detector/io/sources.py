@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -69,6 +70,47 @@ class ImageSource(Source):
             yield Frame(i, 0.0, image, self.names[i], time.perf_counter())
 
 
+MEASURE_PACKETS = 20_000
+"""Packets whose timestamps are read (not decoded) to measure a frame rate the header disagrees
+with: about 11 minutes at 30 frames/s, a few hundred milliseconds at most."""
+
+
+def measured_fps(path: Path, header_fps: float) -> float | None:
+    """The average frame rate of ``path``'s video stream, measured from its frames' timestamps,
+    when its header disagrees with them; None when they agree or it cannot be told.
+
+    OpenCV's ``CAP_PROP_FPS`` is FFmpeg's ``avg_frame_rate``: frames / the sum of the sample
+    durations in the header. One odd duration (an MP4's last sample cut to 1 tick, a recorder's
+    rounding) makes it wrong: a 30 frames/s file can claim 30.19 or 30.5, and an output written
+    at that rate plays short. FFmpeg's ``r_frame_rate`` (PyAV's ``guessed_rate``) is the usual
+    spacing of the timestamps; when the two differ by more than 0.1%, the packets' timestamps
+    (read, not decoded, the first :data:`MEASURE_PACKETS`) give (n - 1) / (last - first), the
+    rate at which n frames keep the input's duration (also for variable frame rates)."""
+    try:
+        import av
+    except (ImportError, OSError):  # PyAV missing or broken: keep the header's rate
+        return None
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            usual = stream.guessed_rate or stream.base_rate
+            if not usual or abs(float(usual) - header_fps) <= 1e-3 * header_fps:
+                return None
+            pts: list[int] = []
+            for packet in container.demux(stream):
+                if packet.pts is not None:
+                    pts.append(packet.pts)
+                    if len(pts) >= MEASURE_PACKETS:
+                        break
+            time_base = stream.time_base
+    except (av.FFmpegError, IndexError, OSError, ValueError):
+        return None
+    if len(pts) < 2 or time_base is None:
+        return None
+    span = float((max(pts) - min(pts)) * time_base)
+    return (len(pts) - 1) / span if span > 0 else None
+
+
 class VideoFileSource(Source):
     """Every frame of a video file in order (none dropped), optionally from
     ``start``, before ``end`` (frame indices) and every ``stride``-th.
@@ -77,6 +119,9 @@ class VideoFileSource(Source):
     reached by decoding forward from the first frame (``grab``, without colour
     conversion), because container seeks land a few frames off on some files
     (H.264 with B-frames) and OpenCV then reports the wrong position.
+    A frame's ``timestamp`` is its own presentation time (``CAP_PROP_POS_MSEC``
+    after it is read), not ``index / fps``; ``info.fps`` is the rate measured
+    from the timestamps when the header's disagrees (see :func:`measured_fps`).
     ``close()`` waits for a ``read()`` in progress on another thread, so the
     capture is never released under a reader.
     """
@@ -96,6 +141,7 @@ class VideoFileSource(Source):
             while opened and skipped < start and self._cap.grab():
                 skipped += 1
             ok, first = self._cap.read() if opened and skipped == start else (False, None)
+            first_ms = self._cap.get(cv2.CAP_PROP_POS_MSEC) if ok else math.nan
             if not ok or first is None:
                 if opened and start:
                     raise SourceError(
@@ -108,7 +154,19 @@ class VideoFileSource(Source):
             raise
         self._first: np.ndarray | None = first
         h, w = first.shape[:2]
+        if fps > 0:
+            measured = measured_fps(path, fps)
+            if measured is not None and abs(measured - fps) > 1e-3 * fps:
+                log.info("%s: its header says %.4f frames/s, its frames are %.4f frames/s apart on average; "
+                         "using %.4f", path, fps, measured, measured)  # fmt: skip
+                fps = measured
         self.info = SourceInfo("video", path, w, h, fps if fps > 0 else None, count if count > 0 else None)
+        seconds = first_ms / 1000
+        self._first_time = (
+            seconds
+            if math.isfinite(seconds) and seconds >= 0 and (seconds > 0 or start == 0)
+            else (start / fps if fps > 0 else 0.0)
+        )
 
     @property
     def planned_frames(self) -> int | None:
@@ -119,27 +177,32 @@ class VideoFileSource(Source):
         stop = min(count, self.end) if self.end is not None else count
         return len(range(self.start, stop, self.stride))
 
-    def _read(self) -> tuple[bool, np.ndarray | None]:
+    def _read(self) -> tuple[bool, np.ndarray | None, float]:
+        """The next frame and its presentation time in seconds (NaN when OpenCV has none)."""
         with self._lock:
             if self._closed:
-                return False, None
-            return self._cap.read()
+                return False, None, math.nan
+            ok, frame = self._cap.read()
+            return ok, frame, self._cap.get(cv2.CAP_PROP_POS_MSEC) / 1000 if ok else math.nan
 
     def __iter__(self) -> Iterator[Frame]:
         fps = self.info.fps or 0.0
         index = self.start
         frame = self._first
         self._first = None
+        seconds = self._first_time
         name = Path(self.info.path).stem
         while frame is not None and (self.end is None or index < self.end):
             if (index - self.start) % self.stride == 0:
-                yield Frame(index, index / fps if fps else 0.0, frame, name, time.perf_counter())
-            ok, frame = self._read()
+                yield Frame(index, seconds, frame, name, time.perf_counter())
+            ok, frame, pts = self._read()
             if not ok:
                 if not self._closed:
                     self._check_length(index + 1)
                 break
             index += 1
+            # The frame's own time; a stream without timestamps (or a repeated one) steps by 1 / fps.
+            seconds = pts if math.isfinite(pts) and pts > seconds else seconds + (1 / fps if fps else 0.0)
 
     def _check_length(self, decoded: int) -> None:
         """Warn when a video ends well before the frame count its header announces (a damaged

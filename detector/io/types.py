@@ -23,7 +23,9 @@ class Frame:
     index: int
     """Position in the source (0-based; counts every decoded frame, also skipped ones)."""
     timestamp: float
-    """Seconds since the start of the source (index / fps for files; 0 for images)."""
+    """Seconds since the start of the source: for video files the frame's own presentation time
+    (its timestamp in the file, not index / fps: a header's rate may disagree with its frames);
+    for live sources the capture time; 0 for images."""
     image: np.ndarray
     """BGR uint8 (H, W, 3)."""
     name: str
@@ -40,6 +42,8 @@ class SourceInfo:
     width: int | None
     height: int | None
     fps: float | None
+    """Frames per second; for video files the average measured from the frames' timestamps when
+    the header's rate disagrees with them (see :func:`detector.io.sources.measured_fps`)."""
     frame_count: int | None
 
 
