@@ -37,6 +37,7 @@ from typing import IO, Any
 import cv2
 import numpy as np
 
+from ..config import CODECS
 from ..errors import SinkError
 from ..structures import Detections
 from .base import Closeable
@@ -49,7 +50,6 @@ VIDEO_FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", 
 """Every video extension written, and its OpenCV codec (the fallback for the H.264 ones)."""
 H264_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv")
 """Extensions written as H.264 when PyAV can (``codec="auto"``), or must be (``codec="h264"``)."""
-CODECS = ("auto", "h264", "mp4v")
 """``codec`` values of :class:`VideoFileSink` (``--codec``): H.264 when available else OpenCV's
 mp4v; H.264 or an error; OpenCV's MPEG-4 part 2 as before H.264 (MJPG for ``.avi`` whatever the value)."""
 X264_OPTIONS = {"preset": "ultrafast", "crf": "23"}
