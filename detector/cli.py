@@ -50,6 +50,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--classes", help="keep only these classes, comma-separated names or ids, e.g. person,car")
     g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     g.add_argument("--precision", choices=PRECISIONS, help="inference precision (default fp32)")
+    g.add_argument("--calibration", metavar="VIDEO|DIR", help="int8: video or image folder whose frames calibrate "
+                   "the quantization (default: the shipped demo clip; eval: the dataset's images)")  # fmt: skip
     g.add_argument("--min-size", type=int, dest="min_size", help="shorter side the model resizes to")
     g.add_argument("--max-size", type=int, dest="max_size", help="cap on the longer side after resizing")
     g.add_argument("--offline", action="store_true", help="never download weights")
@@ -72,6 +74,7 @@ FLAGS = {
     "max_size": "--max-size",
     "engine": "--engine",
     "compile": "--compile",
+    "calibration": "--calibration",
 }
 
 
@@ -204,7 +207,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, {"model": args.model, "weights": args.weights, "min_size": args.min_size,
                                     "max_size": args.max_size, "score_threshold": args.score_threshold,
-                                    "precision": args.precision})  # fmt: skip
+                                    "precision": args.precision, "calibration": args.calibration})  # fmt: skip
     suffix = EXPORT_FORMATS[args.format]
     out = args.out if args.out is not None else Path("exports") / f"{cfg.model}-{cfg.min_size}{suffix}"
     if out.suffix != suffix:
@@ -304,6 +307,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.score_threshold is None and args.config is None:
         # torchvision scores its COCO models at 0.05; a TorchScript model's own threshold stands
         overrides["score_threshold"] = 0.05 if (args.model or "fasterrcnn_resnet50_fpn") in MODELS else 0.0
+    if args.precision == "int8" and args.calibration is None and args.images is not None:
+        overrides["calibration"] = str(args.images)  # calibrate on the dataset's own images
     cfg = _config_from(args).replace(**overrides) if overrides else _config_from(args)
     with distributed_from_env(cfg) as (cfg, rank):
         detector = Detector.from_config(cfg, progress=not args.quiet)
@@ -398,7 +403,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-size", type=int, dest="min_size", help="shorter side the model resizes to (baked in)")
     p.add_argument("--max-size", type=int, dest="max_size", help="cap on the longer side (baked in)")
     p.add_argument("--score", type=float, dest="score_threshold", help="minimum score kept (baked in)")
-    p.add_argument("--precision", choices=EXPORT_PRECISIONS, help="precision to run it at (recorded in the sidecar)")
+    p.add_argument(
+        "--precision",
+        choices=EXPORT_PRECISIONS,
+        help="precision to run it at (recorded in the sidecar); int8 quantizes it (--format openvino)",
+    )
+    p.add_argument(
+        "--calibration",
+        metavar="VIDEO|DIR",
+        help="int8: video or image folder whose frames calibrate it (default: the shipped demo clip)",
+    )
     p.add_argument("--out", type=Path, help="output file (.onnx or .xml) or folder (default exports/)")
     p.add_argument("--offline", action="store_true", help="never download weights")
     p.set_defaults(func=cmd_export)

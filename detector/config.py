@@ -21,10 +21,12 @@ import yaml
 from .errors import ConfigError
 
 DEVICES_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+"""int8 is OpenVINO's (NNCF post-training quantization); fp16 is CUDA's."""
 ENGINES = ("auto", "torch", "openvino", "onnxruntime")
-EXPORT_PRECISIONS = ("fp32", "bf16")
-"""What an exported model can be recorded to run at (fp16 is CUDA's, and exports run on the CPU)."""
+EXPORT_PRECISIONS = ("fp32", "bf16", "int8")
+"""What an exported model can run at (fp16 is CUDA's, and exports run on the CPU; int8 is quantized
+into the file, OpenVINO format only)."""
 EXPORT_FORMATS = {"onnx": ".onnx", "openvino": ".xml"}
 """``detector export --format`` -> the model file's extension."""
 CODECS = ("auto", "h264", "mp4v")
@@ -66,6 +68,9 @@ class DetectorConfig:
     every new input size compiles again). Off by default until measured to pay (``benchmarks/gpu.py``)."""
     classes: tuple[str, ...] | None = None
     """Keep only these classes (names or label ids); all when unset."""
+    calibration: str | None = None
+    """int8: the video or image folder whose frames calibrate the quantization (default: the shipped
+    demo clip; ``detector eval``: the dataset's own images). Part of the export cache key."""
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -110,6 +115,10 @@ def _validate(cfg: DetectorConfig) -> None:
     for key in ("channels_last", "compile"):
         if not isinstance(getattr(cfg, key), bool):
             raise bad(key, f"must be true or false, got {getattr(cfg, key)!r}")
+    if cfg.precision == "int8" and cfg.engine not in ("auto", "openvino"):
+        raise bad("precision", f"int8 runs on the OpenVINO engine, not {cfg.engine}; use --engine openvino")
+    if cfg.calibration is not None and (not isinstance(cfg.calibration, str) or not cfg.calibration):
+        raise bad("calibration", "must be a video file or an image folder")
     if cfg.compile and cfg.engine in ("openvino", "onnxruntime"):
         raise bad("compile", f"applies to the torch engine, not {cfg.engine}; drop --compile or use --engine torch")
     for key in ("class_names", "classes"):

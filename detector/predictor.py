@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .categories import COCO_CLASS_NAMES
-from .config import DetectorConfig
+from .config import PRECISIONS, DetectorConfig
 from .engines.base import Engine
 from .engines.torch_engine import AUTOCAST_DTYPES, TorchEngine
 from .errors import ConfigError
@@ -106,8 +106,10 @@ class Detector:
         self.name = name
         self.class_names = tuple(class_names)
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
-        if precision not in ("fp32", "fp16", "bf16"):
-            raise ConfigError(f"precision must be fp32, fp16 or bf16, got {precision!r}")
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if precision == "int8" and isinstance(model, nn.Module):
+            raise ConfigError("precision int8 runs on the OpenVINO engine; use engine openvino (--engine openvino)")
         if precision == "fp16" and self.device.type != "cuda":
             raise ConfigError("precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
         self.precision = precision
@@ -172,6 +174,8 @@ class Detector:
         """Build the model ``cfg`` names, with its weights resolved and loaded."""
         from .models.build import build_model
 
+        if cfg.precision == "int8" and cfg.engine == "auto" and not cfg.model.endswith(".onnx"):
+            cfg = cfg.replace(engine="openvino")  # int8 is OpenVINO's
         if cfg.engine not in ("auto", "torch") or cfg.model.endswith((".onnx", ".xml")):
             from .engines.load import engine_from_config
 

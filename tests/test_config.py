@@ -62,7 +62,7 @@ def test_unknown_key_is_named_with_a_suggestion(tmp_path: Path) -> None:
         ("min_size", 0, "min_size"),
         ("min_size", 2000, "must not exceed max_size"),
         ("device", "gpu", "device"),
-        ("precision", "int8", "precision"),
+        ("precision", "int4", "precision"),
         ("max_detections", "many", "max_detections"),
         ("channels_last", "yes", "channels_last"),
         ("classes", [], "classes"),

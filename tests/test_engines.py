@@ -402,7 +402,7 @@ def test_missing_runtime_names_the_pip_extra(
     run = ["run", str(image), "--out", str(tmp_path / "o.jpg"), "--model", str(onnx)]
     assert "pip install 'detector-rt[onnx]'" in one_line_error(run, capsys)
     assert "pip install 'detector-rt[openvino]'" in one_line_error([*run, "--engine", "openvino"], capsys)
-    with pytest.raises(EngineError, match=r"detector\[openvino\]"):
+    with pytest.raises(EngineError, match=r"detector-rt\[openvino\]"):
         Detector.from_config(tiny_config("retinanet_resnet50_fpn", engine="openvino"))
     assert "detector-rt[onnx]" in one_line_error(["export", "retinanet_resnet50_fpn", "--weights", "random",
                                                "--out", str(tmp_path / "x.onnx")], capsys)  # fmt: skip

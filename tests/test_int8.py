@@ -235,3 +235,65 @@ def test_quantize_refuses_what_it_cannot_quantize(tmp_path: Path, calibration: C
         quantize_openvino(tmp_path / "missing.onnx", calibration)
     with pytest.raises(EngineError, match=r"\(3, H, W\) float32"):
         quantize_openvino(tmp_path / "missing.onnx", [np.zeros((3, 8, 8), np.uint8)])
+
+
+# -- int8 through the product: config, cache, engine, CLI ----------------------------------------------------------
+
+
+def image_folder(folder: Path, indices: tuple[int, ...]) -> Path:
+    """Frames of the shipped clip saved as JPEGs: a calibration set of its own."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in indices:
+        bgr = (frame(i).transpose(1, 2, 0)[:, :, ::-1] * 255).round().astype(np.uint8)
+        cv2.imwrite(str(folder / f"f{i:02d}.jpg"), bgr)
+    return folder
+
+
+def test_int8_registry_model_is_quantized_once_per_calibration_set(
+    quantized: dict[str, tuple[Path, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``precision: int8`` picks OpenVINO, exports and quantizes into the cache on first use, reuses the
+    entry, and makes a new one for other calibration frames (the calibration is in the cache key)."""
+    from detector import Detector
+    from detector.engines.load import cache_dir
+    from detector.engines.sidecar import read_sidecar
+
+    monkeypatch.setenv("DETECTOR_CACHE", str(tmp_path / "cache"))
+    onnx = quantized["retinanet_resnet50_fpn"][0]
+    traced: list[Path] = []
+
+    def reuse_trace(model: torch.nn.Module, path: Path) -> None:  # same weights and sizes: the module's trace will do
+        traced.append(path)
+        shutil.copy(onnx, path)
+
+    monkeypatch.setattr("detector.engines.export._export_onnx", reuse_trace)
+    first = image_folder(tmp_path / "cal_a", (5, 25))
+    cfg = load_config(None, {"model": "retinanet_resnet50_fpn", **SIZES, "precision": "int8",
+                             "calibration": str(first)})  # fmt: skip
+    det = Detector.from_config(cfg)
+    assert det.engine.kind == "openvino" and det.precision == "int8" and len(traced) == 1
+    (entry,) = (cache_dir() / "exports").iterdir()
+    sidecar = read_sidecar(entry / "model.xml")
+    assert sidecar.precision == "int8" and sidecar.calibration == read_calibration(first).description
+    assert len(det(cv2.imread(str(first / "f05.jpg")))) > 0
+    Detector.from_config(cfg)
+    assert len(traced) == 1, "exported again instead of using the cache"
+    Detector.from_config(cfg.replace(calibration=str(image_folder(tmp_path / "cal_b", (15, 45)))))
+    assert len(traced) == 2 and len(list((cache_dir() / "exports").iterdir())) == 2
+
+
+def test_int8_mistakes_are_one_line(quantized: dict[str, tuple[Path, Any]], capsys: pytest.CaptureFixture[str]) -> None:
+    from detector.cli import main
+    from detector.engines.openvino_engine import OpenVINOEngine, cpu_has_int8_dot_product
+    from detector.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="int8 runs on the OpenVINO engine"):
+        load_config(None, {"model": "retinanet_resnet50_fpn", "precision": "int8", "engine": "onnxruntime"})
+    with pytest.raises(EngineError, match="is not quantized"):
+        OpenVINOEngine(quantized["retinanet_resnet50_fpn"][0], precision="int8")  # a float graph
+    code = main(["-q", "export", "retinanet_resnet50_fpn", "--weights", "random", "--precision", "int8"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "an int8 export is an OpenVINO model" in err, err
+    assert not cpu_has_int8_dot_product("flags\t: fpu sse avx2 fma\n")  # AVX2 only: int8 runs, slower (warned)
+    assert cpu_has_int8_dot_product("flags\t: fpu avx2 avx512f avx512_vnni\n")
+    assert cpu_has_int8_dot_product("Features\t: fp asimd\n")  # not x86: nothing to warn about

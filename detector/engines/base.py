@@ -18,7 +18,7 @@ from ..config import ENGINES
 from ..errors import EngineError
 
 __all__ = ["ENGINES", "EXTRAS", "LOW_PRECISION_MODULES", "Engine", "require"]
-EXTRAS = {"openvino": "openvino", "onnxruntime": "onnx", "onnx": "onnx"}
+EXTRAS = {"openvino": "openvino", "onnxruntime": "onnx", "onnx": "onnx", "nncf": "nncf"}
 """Python module -> the pip extra of this package that installs it."""
 LOW_PRECISION_MODULES = (
     "backbone",  # ResNet-50 + FPN

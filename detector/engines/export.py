@@ -21,6 +21,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torchvision
@@ -30,6 +31,9 @@ from ..config import DetectorConfig
 from ..errors import ConfigError, EngineError
 from .base import require
 from .sidecar import FORMATS, Sidecar, model_files, sha256_file, sidecar_path
+
+if TYPE_CHECKING:
+    from .quantize import CalibrationSet
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +132,22 @@ def _onnx_to_openvino(onnx_path: Path, xml_path: Path) -> None:
     ov.save_model(ov_model, str(xml_path), compress_to_fp16=False)  # keep fp32 weights; precision is a runtime hint
 
 
+def _quantize(onnx_path: Path, xml_path: Path, calibration: CalibrationSet) -> None:
+    """NNCF int8 of the exported graph, written as IR. NNCF's INFO lines and bars are quieted for the
+    call only (its log level is restored after)."""
+    from .quantize import quantize_openvino
+
+    ov = require("openvino")
+    nncf_log = logging.getLogger("nncf")
+    level = nncf_log.level
+    nncf_log.setLevel(logging.WARNING)
+    try:
+        quantized = quantize_openvino(onnx_path, calibration)
+    finally:
+        nncf_log.setLevel(level)
+    ov.save_model(quantized, str(xml_path), compress_to_fp16=False)
+
+
 def export_model(
     model: nn.Module,
     cfg: DetectorConfig,
@@ -137,25 +157,39 @@ def export_model(
     fmt: str,
     weights_sha: str,
     progress: bool = True,
+    calibration: CalibrationSet | None = None,
 ) -> Path:
     """Write ``model`` as ``out`` (``.onnx`` or ``.xml`` + ``.bin``) with its sidecar; returns ``out``.
 
-    Everything is written into a temporary folder beside ``out`` and moved into place at the end,
-    so an interrupted export leaves no half-written file under the final name.
+    ``cfg.precision`` int8: quantized with NNCF on ``calibration``'s frames (:mod:`.quantize`),
+    OpenVINO format only. Everything is written into a temporary folder beside ``out`` and moved
+    into place at the end, so an interrupted export leaves no half-written file under the final name.
     """
     if fmt not in FORMATS:
         raise ConfigError(f"export format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if out.suffix != FORMATS[fmt]:
         raise ConfigError(f"a {fmt} export is a {FORMATS[fmt]} file, got {out.name}")
+    int8 = cfg.precision == "int8"
+    if int8 and fmt != "openvino":
+        raise ConfigError("an int8 export is an OpenVINO model; use format openvino (--format openvino)")
+    if int8 and calibration is None:
+        raise ValueError("an int8 export needs its calibration frames")
     if fmt == "openvino":
         require("openvino")
+    if int8:
+        require("nncf")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent))
     try:
         onnx_path = tmp / (out.stem + ".onnx")
-        with progress_line(f"exporting {cfg.model} (min_size {cfg.min_size}) to {fmt}", progress):
+        what = f"exporting {cfg.model} (min_size {cfg.min_size}) to {fmt}" + (" int8" if int8 else "")
+        with progress_line(what, progress):
             _export_onnx(model, onnx_path)
-            if fmt == "openvino":
+            if int8:
+                assert calibration is not None
+                _quantize(onnx_path, tmp / out.name, calibration)
+                onnx_path.unlink()
+            elif fmt == "openvino":
                 _onnx_to_openvino(onnx_path, tmp / out.name)
                 onnx_path.unlink()
         files = {p.name: sha256_file(p) for p in model_files(tmp / out.name)}
@@ -169,6 +203,7 @@ def export_model(
             nms_threshold=cfg.nms_threshold,
             max_detections=cfg.max_detections,
             precision=cfg.precision,
+            calibration=calibration.description if int8 and calibration is not None else None,
             weights_sha256=weights_sha,
             files=files,
             exporter=f"torch {torch.__version__}, torchvision {torchvision.__version__}, opset {OPSET}",
@@ -198,10 +233,22 @@ def export_from_config(cfg: DetectorConfig, *, fmt: str, out: Path, progress: bo
             f"only registry models can be exported ({', '.join(MODELS)}); "
             "for fine-tuned weights pass --model <registry name> --weights FILE.pth"
         )
+    calibration = calibration_for(cfg)
     model, class_names, _ = build_model(cfg, progress=progress)
     sha = weights_sha256(cfg, model)
-    export_model(model, cfg, class_names, out, fmt=fmt, weights_sha=sha, progress=progress)
+    export_model(model, cfg, class_names, out, fmt=fmt, weights_sha=sha, progress=progress, calibration=calibration)
     return out, read_sidecar(out, verify=False)
+
+
+def calibration_for(cfg: DetectorConfig) -> CalibrationSet | None:
+    """int8's calibration frames: ``cfg.calibration`` (a video or an image folder), else the shipped
+    demo clip; None for other precisions. Read before any export, so a bad path fails at once."""
+    if cfg.precision != "int8":
+        return None
+    from ..resources import DEMO_CLIP
+    from .quantize import read_calibration
+
+    return read_calibration(cfg.calibration or DEMO_CLIP)
 
 
 def describe(sidecar: Sidecar) -> str:

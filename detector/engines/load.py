@@ -25,7 +25,7 @@ from ..models.build import PostLimits
 from .base import Engine
 from .cache import cache_dir as cache_dir
 from .cache import evict, exports_dir, max_mb, publish, staging, touch
-from .export import export_model, weights_sha256
+from .export import calibration_for, export_model, weights_sha256
 from .sidecar import Sidecar, read_sidecar
 
 log = logging.getLogger(__name__)
@@ -35,8 +35,9 @@ FORMAT_OF_ENGINE = {"openvino": "openvino", "onnxruntime": "onnx"}
 _DEFAULTS = DetectorConfig()
 
 
-def cache_key(cfg: DetectorConfig, weights_sha: str, fmt: str) -> str:
-    """Everything that changes the exported graph, plus the precision it is for."""
+def cache_key(cfg: DetectorConfig, weights_sha: str, fmt: str, calibration: str | None = None) -> str:
+    """Everything that changes the exported graph, plus the precision it is for (and, for int8, the
+    key of the calibration frames)."""
     baked = {
         "model": cfg.model,
         "weights_sha256": weights_sha,
@@ -52,6 +53,8 @@ def cache_key(cfg: DetectorConfig, weights_sha: str, fmt: str) -> str:
         "rpn_pre_nms_top_n": cfg.rpn_pre_nms_top_n,
         "rpn_post_nms_top_n": cfg.rpn_post_nms_top_n,
     }
+    if calibration is not None:
+        baked["calibration"] = calibration
     return hashlib.sha256(json.dumps(baked, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -143,11 +146,12 @@ def load_cached(cfg: DetectorConfig, *, progress: bool = True) -> tuple[Engine, 
 
     max_mb()  # a bad $DETECTOR_CACHE_MAX_MB is one line now, not after a long export
     fmt = FORMAT_OF_ENGINE[cfg.engine]
+    calibration = calibration_for(cfg)
     model = None
     if cfg.weights == "random":  # no file to fingerprint: the (seeded) tensors are the weights
         model, names, _ = build_model(cfg, progress=progress)
     sha = weights_sha256(cfg, model)
-    entry = exports_dir() / f"{cfg.model}-{cache_key(cfg, sha, fmt)}"
+    entry = exports_dir() / f"{cfg.model}-{cache_key(cfg, sha, fmt, calibration.key if calibration else None)}"
     path = entry / ("model.xml" if fmt == "openvino" else "model.onnx")
     hit = _open_cached(path, cfg)
     if hit is not None:
@@ -156,7 +160,8 @@ def load_cached(cfg: DetectorConfig, *, progress: bool = True) -> tuple[Engine, 
         if model is None:
             model, names, _ = build_model(cfg, progress=progress)
         with staging(entry) as tmp:
-            export_model(model, cfg, names, tmp / path.name, fmt=fmt, weights_sha=sha, progress=progress)
+            export_model(model, cfg, names, tmp / path.name, fmt=fmt, weights_sha=sha, progress=progress,
+                         calibration=calibration)  # fmt: skip
             if publish(tmp, entry, lambda e: _valid_sidecar(e / path.name, quiet=True) is not None):
                 log.info("exported %s to %s", cfg.model, path)
         touch(entry)

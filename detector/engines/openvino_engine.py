@@ -27,7 +27,11 @@ from .openvino_mixed import SegmentedRequest, split_by_precision
 
 log = logging.getLogger(__name__)
 
-OV_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
+OV_PRECISIONS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+"""Asked precision -> inference hint. An int8 model holds its quantization in the graph and runs under
+the f32 hint: the stacks run int8, everything else f32."""
+INT8_DOT_PRODUCT = ("avx512_vnni", "avx_vnni", "amx_int8")
+"""x86 flags of int8 dot-product instructions; without them OpenVINO still runs int8, slower."""
 
 
 def _first_line(exc: BaseException) -> str:
@@ -43,6 +47,20 @@ def cpu_has_bf16(core: Any) -> bool:
         return False
 
 
+def cpu_has_int8_dot_product(cpuinfo: str | None = None) -> bool:
+    """Whether this x86 CPU has VNNI or AMX int8 (``/proc/cpuinfo`` flags); True where it cannot tell
+    (not Linux, not x86), so no warning is made up."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return True
+    flags = {w for line in cpuinfo.splitlines() if line.startswith("flags") for w in line.split(":", 1)[1].split()}
+    if not flags or "avx2" not in flags:
+        return True
+    return any(flag in flags for flag in INT8_DOT_PRODUCT)
+
+
 class OpenVINOEngine:
     """An OpenVINO IR (``.xml``) or ONNX file, on the CPU."""
 
@@ -51,14 +69,13 @@ class OpenVINOEngine:
     def __init__(self, path: Path, *, precision: str = "fp32", max_sizes: int = 8) -> None:
         ov = require("openvino")
         if precision not in OV_PRECISIONS:
-            raise EngineError(f"the openvino engine runs fp32 or bf16, not {precision}; use --precision fp32 or bf16")
+            raise EngineError(f"the openvino engine runs {', '.join(OV_PRECISIONS)}, not {precision}")
         self._ov = ov
         self.core = ov.Core()
         if precision == "bf16" and not cpu_has_bf16(self.core):
             log.warning("this CPU has no native bf16 (OpenVINO: %s); OpenVINO runs in f32",
                         ", ".join(self.core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")))  # fmt: skip
             precision = "fp32"
-        self.precision = precision
         self.path = path
         try:
             self._model = self.core.read_model(str(path))
@@ -71,6 +88,8 @@ class OpenVINOEngine:
                 "export it with `detector export`"
             )
         self._input_shape = inputs[0].get_partial_shape()
+        precision = self._check_int8(precision)
+        self.precision = precision
         self._config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": OV_PRECISIONS[precision]}
         self._compiled: OrderedDict[tuple[int, int], Any] = OrderedDict()
         self.max_sizes = max_sizes
@@ -78,6 +97,25 @@ class OpenVINOEngine:
         self._lock = threading.Lock()
         """One infer request per size, shared: calls from several threads (``--detect-threads``)
         take turns (OpenVINO spreads each over the cores itself)."""
+
+    def _check_int8(self, precision: str) -> str:
+        """int8 is in the graph or not at all: asking int8 of a float graph is refused, and a quantized
+        graph runs int8 whatever was asked (and says so)."""
+        from .quantize import int8_node_names
+
+        quantized = bool(int8_node_names(self._model))
+        if precision == "int8" and not quantized:
+            raise EngineError(
+                f"{self.path} is not quantized; export it with `detector export MODEL --format openvino "
+                "--precision int8` (or run it with --precision fp32)"
+            )
+        if quantized and precision != "int8":
+            log.info("%s is an int8 model: it runs int8, not %s", self.path.name, precision)
+            precision = "int8"
+        if quantized and not cpu_has_int8_dot_product():
+            log.warning("this CPU has no int8 dot-product instructions (%s): int8 runs, but slower than on one "
+                        "that has them", " / ".join(INT8_DOT_PRODUCT))  # fmt: skip
+        return precision
 
     def request_for(self, height: int, width: int) -> Any:
         """The infer request for ``(height, width)`` images, compiled on first use and kept."""

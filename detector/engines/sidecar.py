@@ -37,11 +37,15 @@ class Sidecar:
     nms_threshold: float
     max_detections: int
     precision: str
-    """The precision it was exported for (an OpenVINO inference hint; the file itself is fp32)."""
+    """The precision it was exported for: fp32 or bf16 (an OpenVINO inference hint, the file is fp32),
+    or int8 (quantized into the file)."""
     weights_sha256: str
     """sha256 of the source weights file (``random:<sha256 of the tensors>`` for untrained weights)."""
     files: dict[str, str]
     """File name -> sha256 of every file of the export (``model.onnx``; ``model.xml`` and ``model.bin``)."""
+    calibration: str | None = None
+    """int8: what calibrated the quantization (JSON: the video's sha256 and frame indices, or the
+    images' names and sha256s)."""
     format_version: int = FORMAT_VERSION
     exporter: str = ""
     """torch / torchvision versions that wrote it (informational)."""
