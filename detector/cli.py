@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING
 from . import __distribution__, __version__
 from .config import (
     CODECS,
+    CONFIG_PRECISIONS,
     ENGINES,
     EXPORT_FORMATS,
     EXPORT_PRECISIONS,
-    PRECISIONS,
     SERVE_TOKEN_ENV,
     DetectorConfig,
     load_config,
@@ -49,7 +49,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--score", type=float, dest="score_threshold", help="minimum score to keep (default 0.5)")
     g.add_argument("--classes", help="keep only these classes, comma-separated names or ids, e.g. person,car")
     g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
-    g.add_argument("--precision", choices=PRECISIONS, help="inference precision (default fp32)")
+    g.add_argument(
+        "--precision",
+        choices=CONFIG_PRECISIONS,
+        help="inference precision (default fp32; auto: the fastest this CPU runs well, on OpenVINO)",
+    )
     g.add_argument("--calibration", metavar="VIDEO|DIR", help="int8: video or image folder whose frames calibrate "
                    "the quantization (default: the shipped demo clip; eval: the dataset's images)")  # fmt: skip
     g.add_argument("--min-size", type=int, dest="min_size", help="shorter side the model resizes to")

@@ -23,6 +23,9 @@ from .errors import ConfigError
 DEVICES_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 """int8 is OpenVINO's (NNCF post-training quantization); fp16 is CUDA's."""
+CONFIG_PRECISIONS = (*PRECISIONS, "auto")
+"""``auto``: the fastest this CPU runs well on OpenVINO (int8 with VNNI/AMX, else bf16 where native, else
+fp32), chosen when the model loads; fp32 on the torch engine."""
 ENGINES = ("auto", "torch", "openvino", "onnxruntime")
 EXPORT_PRECISIONS = ("fp32", "bf16", "int8")
 """What an exported model can run at (fp16 is CUDA's, and exports run on the CPU; int8 is quantized
@@ -108,8 +111,8 @@ def _validate(cfg: DetectorConfig) -> None:
         raise bad("weights", "must be a file path, 'random', or empty for the official weights")
     if not isinstance(cfg.device, str) or not DEVICES_RE.match(cfg.device):
         raise bad("device", f"must be auto, cpu, cuda, cuda:N or mps, got {cfg.device!r}")
-    if cfg.precision not in PRECISIONS:
-        raise bad("precision", f"must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
+    if cfg.precision not in CONFIG_PRECISIONS:
+        raise bad("precision", f"must be one of {', '.join(CONFIG_PRECISIONS)}, got {cfg.precision!r}")
     if cfg.engine not in ENGINES:
         raise bad("engine", f"must be one of {', '.join(ENGINES)}, got {cfg.engine!r}")
     for key in ("channels_last", "compile"):

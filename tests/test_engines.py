@@ -418,6 +418,30 @@ def test_fast_preset_is_the_openvino_config(tmp_path: Path, capsys: pytest.Captu
     assert "either --fast or --config" in err
 
 
+def test_fast_preset_chooses_the_precision_per_cpu(monkeypatch: pytest.MonkeyPatch,
+                                                   caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    """``precision: auto`` (the fast preset): int8 where VNNI/AMX exists and NNCF is there, else bf16 where
+    native, else fp32, said in one log line; fp32 on the torch engine. Each CPU kind is simulated."""
+    from detector.engines import openvino_engine as ove
+    from detector.predictor import _auto_precision
+
+    cfg = load_config("fast_cpu")
+    assert cfg.precision == "auto"
+    for flags, bf16, want in ((["avx512_vnni"], True, "int8"), ([], True, "bf16"), ([], False, "fp32"),
+                              (["amx_int8"], False, "int8")):  # fmt: skip
+        monkeypatch.setattr(ove, "int8_dot_product_flags", lambda cpuinfo=None, f=flags: f)
+        monkeypatch.setattr(ove, "cpu_has_bf16", lambda core, b=bf16: b)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="detector.predictor"):
+            assert _auto_precision(cfg) == want
+        (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("fast: ")]
+        assert line.startswith(f"fast: retinanet_resnet50_fpn, 320 px, {want} (")
+        assert (flags[0] if flags else "") in line
+    assert _auto_precision(cfg.replace(engine="torch")) == "fp32"
+    monkeypatch.undo()
+    assert ove.int8_dot_product_flags("flags\t: fpu avx2 avx512_vnni avx_vnni\n") == ["avx512_vnni", "avx_vnni"]
+
+
 def test_openvino_engine_takes_calls_from_several_threads(
     exports: dict[str, tuple[Path, Path]], video_frames: list[np.ndarray]
 ) -> None:
