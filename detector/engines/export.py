@@ -10,7 +10,9 @@ Files are written under a temporary name and renamed into place when complete.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import logging
 import shutil
 import sys
@@ -133,18 +135,22 @@ def _onnx_to_openvino(onnx_path: Path, xml_path: Path) -> None:
 
 
 def _quantize(onnx_path: Path, xml_path: Path, calibration: CalibrationSet) -> None:
-    """NNCF int8 of the exported graph, written as IR. NNCF's INFO lines and bars are quieted for the
-    call only (its log level is restored after)."""
+    """NNCF int8 of the exported graph, written as IR. For the call only, NNCF's INFO lines and progress
+    bars (printed to stdout) and torch's note that NNCF's import finds no CUDA are kept off the console:
+    the export's own progress line says what is going on."""
     from .quantize import quantize_openvino
 
     ov = require("openvino")
-    nncf_log = logging.getLogger("nncf")
-    level = nncf_log.level
-    nncf_log.setLevel(logging.WARNING)
+    quiet = {name: logging.getLogger(name) for name in ("nncf", "torch.utils.cpp_extension")}
+    levels = {name: logger.level for name, logger in quiet.items()}
+    for logger in quiet.values():
+        logger.setLevel(logging.ERROR)
     try:
-        quantized = quantize_openvino(onnx_path, calibration)
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantized = quantize_openvino(onnx_path, calibration)
     finally:
-        nncf_log.setLevel(level)
+        for name, logger in quiet.items():
+            logger.setLevel(levels[name])
     ov.save_model(quantized, str(xml_path), compress_to_fp16=False)
 
 
