@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import torchvision
 from torch import nn
@@ -146,7 +147,7 @@ def _quantize(onnx_path: Path, xml_path: Path, calibration: CalibrationSet) -> N
     for logger in quiet.values():
         logger.setLevel(logging.ERROR)
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), np.errstate(over="ignore"):  # NNCF's statistics overflow
             quantized = quantize_openvino(onnx_path, calibration)
     finally:
         for name, logger in quiet.items():
