@@ -221,6 +221,18 @@ class Detector:
             classes=cfg.classes,
         )
 
+    @property
+    def resize_limits(self) -> tuple[int, int] | None:
+        """``(min_size, max_size)`` the model resizes frames to (torchvision's transform), or None where
+        the model does not say (exported graphs, other TorchScript models)."""
+        transform = getattr(self.model, "transform", None)
+        min_size, max_size = getattr(transform, "min_size", None), getattr(transform, "max_size", None)
+        if isinstance(min_size, (tuple, list)) and min_size:
+            min_size = min_size[-1]
+        if isinstance(min_size, int) and isinstance(max_size, int):
+            return min_size, max_size
+        return None
+
     # -- stages ---------------------------------------------------------------
 
     def _to_tensor(self, frame: Frame) -> torch.Tensor:

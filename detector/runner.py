@@ -19,7 +19,7 @@ from .io.offthread import OffThreadSink
 from .io.sinks import ImageSink, JsonlSink, VideoFileSink
 from .io.sources import ImageSource, VideoFileSource, open_source
 from .io.types import Frame
-from .pipeline import Stats, check_arguments, check_counts, run_pipeline
+from .pipeline import Stats, check_arguments, check_batch_memory, check_counts, run_pipeline
 from .planning import DEFAULT_SOURCE, AnySource, OutputPlan, plan_outputs
 from .predictor import Detector
 from .render import annotate
@@ -185,6 +185,9 @@ def run(
         source = open_source(source)
     with contextlib.ExitStack() as stack:
         stack.enter_context(source)
+        info = source.info
+        if batch_size is not None and batch_size > 1 and not source.live and info.width and info.height:
+            check_batch_memory(detector, batch_size, info.width, info.height)  # before any output is opened
         if plan is None and (out is not None or json is not None or (defaults and not (serve or show))):
             plan = plan_outputs(source, out, json, live_view=bool(serve or show or sinks), codec=codec)
         title = f"detector: {detector.name}"
@@ -199,7 +202,6 @@ def run(
             if callable(close):
                 stack.callback(close)
             all_sinks.append(sink)
-        info = source.info
         planned = source.planned_frames if isinstance(source, VideoFileSource) else info.frame_count
         total = None if source.live else (planned if max_frames is None else min(max_frames, planned or max_frames))
         bar = stack.enter_context(tqdm(total=total, unit="frame", leave=False)) if progress else _NoBar()

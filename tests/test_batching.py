@@ -310,3 +310,21 @@ def test_detect_threads_raise_the_error_of_the_first_failed_batch() -> None:
             run_pipeline(frames([(8, 8)] * 40), Detector(FailsFrom(), device="cpu"), consume, batch_size=2,
                          detect_threads=3)  # fmt: skip
         assert consume.seen == list(range(16)) and str(err.value) == "failed at frame 16"
+
+
+def test_a_batch_larger_than_memory_is_refused_before_any_output(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """``--batch-size 100000`` was accepted (Faster R-CNN took 6.7 GB for 48 frames at 320 px): a batch whose
+    estimate exceeds the free memory is one line, before any output is opened; one that fits runs."""
+    from detector import ConfigError, load_config
+    from detector.pipeline import defaults
+
+    det = Detector.from_config(load_config(None, {"model": "retinanet_resnet50_fpn", "weights": "random",
+                                                  "min_size": 96, "max_size": 128, "device": "cpu"}))  # fmt: skip
+    assert det.resize_limits == (96, 128)
+    monkeypatch.setattr(defaults, "available_memory", lambda device_type: 200 * 10**6)
+    with pytest.raises(ConfigError, match=r"batch_size 100000 needs about .* GB for 768x576 frames.*use at most \d+"):
+        run(det, DEMO, out=tmp_path / "o.mp4", batch_size=100_000, max_frames=2, progress=False)
+    assert list(tmp_path.iterdir()) == []
+    result = run(det, DEMO, out=tmp_path / "o.mp4", batch_size=4, max_frames=4, progress=False)
+    assert result.frames == 4

@@ -14,7 +14,7 @@ frame order from several detecting threads), :mod:`.loop` (the detect loop, a cl
 and their defaults), :mod:`.sync` (the stop-aware queue helpers they share).
 """
 
-from .defaults import DEFAULT_DETECT_THREADS, check_counts, default_batch_size
+from .defaults import DEFAULT_DETECT_THREADS, check_batch_memory, check_counts, default_batch_size
 from .loop import DetectLoop, run_pipeline
 from .stats import STAGES, Stats
 from .stream import Stream, check_arguments, stream
@@ -26,6 +26,7 @@ __all__ = [
     "Stats",
     "Stream",
     "check_arguments",
+    "check_batch_memory",
     "check_counts",
     "default_batch_size",
     "run_pipeline",
