@@ -15,7 +15,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if ! .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
     # torch and torchvision in one command so pip picks a matching pair.
-    .venv/bin/python -m pip install --quiet torch torchvision 2> >(grep -v "$NOISE" >&2)
+    # The torch bound is pyproject's (the shipped d2go model is quantized TorchScript; see there).
+    .venv/bin/python -m pip install --quiet "torch<2.15" torchvision 2> >(grep -v "$NOISE" >&2)
 fi
 # The distribution is detector-rt (the import name and the command stay `detector`); a .venv made when it
 # was still called `detector` holds that one too, which would claim the same package: remove it.
