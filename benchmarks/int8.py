@@ -54,6 +54,35 @@ def warm(engine: OpenVINOEngine, x: torch.Tensor, tries: int = 20) -> int:
     return tries
 
 
+def coco_ap(names: list[str], size: int) -> None:
+    """COCO AP of fp32, bf16 and int8 on ``../shared``'s coco-mini, for each model whose torchvision COCO
+    weights can be found (``weights/``, torch's hub cache): int8 calibrated on the dataset's own images,
+    as ``detector eval --precision int8`` does. Where the weights are missing it says so in one line."""
+    from common import SHARED
+
+    from detector import Detector
+    from detector.errors import WeightsError
+    from detector.eval import load_dataset
+    from detector.eval.evaluator import evaluate
+    from detector.models import get_spec
+    from detector.models import weights as W
+
+    images = SHARED / "data" / "coco-mini" / "val2017"
+    dataset = load_dataset(images.parent / "annotations" / "instances_val2017.json", images)
+    for name in names:
+        try:
+            W.resolve(get_spec(name), None, offline=True, progress=False)
+        except WeightsError as exc:
+            print(f"# COCO AP {name}: not computed, no COCO weights on this machine ({exc})")
+            continue
+        for precision in ("fp32", "bf16", "int8"):
+            cfg = load_config(None, {"model": name, "min_size": size, "max_size": round(size * 4 / 3),
+                                     "engine": "openvino", "precision": precision, "calibration": str(images),
+                                     "score_threshold": 0.05})  # fmt: skip
+            report = evaluate(Detector.from_config(cfg, progress=False), dataset, progress=False)
+            print(f"# COCO AP {name} {precision} at {size} px on coco-mini: {report.metrics['AP']:.3f}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="*", default=["fasterrcnn_resnet50_fpn", "retinanet_resnet50_fpn"])
@@ -67,7 +96,8 @@ def main() -> None:
     print(f"# int8 (NNCF) vs bf16 vs f32 on OpenVINO {ov.get_version()}, {machine()}")
     print(f"# CPU flags: {cpu_flags()}; OpenVINO capabilities: "
           f"{', '.join(core.get_property('CPU', 'OPTIMIZATION_CAPABILITIES'))}")  # fmt: skip
-    print("# weights: random (seed 0): no COCO weights on this machine")
+    coco_ap(args.models, args.size)
+    print("# weights for timing and fidelity: random (seed 0)")
     calibration = read_calibration(VIDEO, args.calibration)
     print(f"# calibration: {len(calibration)} frames of {VIDEO.name}, key {calibration.key}, {calibration.description}")
     # fidelity frames: between the calibration frames (vtest.avi has 795)
