@@ -76,9 +76,11 @@ def top_box_error(ref: Detections, got: Detections, top: int = 10) -> float:
     return worst
 
 
-def build_variants(name: str, size: int, workdir: Path, wanted: list[str]) -> dict[str, Detector]:
+def build_variants(
+    name: str, size: int, workdir: Path, wanted: list[str], proposals: int | None = None
+) -> dict[str, Detector]:
     values = {"model": name, "min_size": size, "max_size": round(size * 4 / 3), "score_threshold": 0.05,
-              "device": "cpu"}  # fmt: skip
+              "device": "cpu", **({"rpn_post_nms_top_n": proposals} if proposals else {})}  # fmt: skip
     torch.manual_seed(0)
     cfg = load_config(None, {**values, "weights": "random"})
     model, names, _ = build_model(cfg)
@@ -135,6 +137,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=VARIANTS)
     ap.add_argument("--json", type=Path, help="also append one JSON line per model and size here")
+    ap.add_argument("--proposals", type=int, help="Faster R-CNN: proposals kept after the RPN's NMS (default 1000)")
     args = ap.parse_args()
     native_bf16 = cpu_has_native_bf16()
     wanted = [v for v in args.variants if native_bf16 or not v.endswith("bf16")]
@@ -154,7 +157,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             for size in args.sizes:
-                dets = build_variants(name, size, Path(tmp), wanted)
+                dets = build_variants(name, size, Path(tmp), wanted, args.proposals)
                 ref = dets["torch-fp32"](frame) if "torch-fp32" in dets else None
                 first = {v: warm_up(d, frame) for v, d in dets.items()}  # OpenVINO compiles here
                 errors = {v: top_box_error(ref, got) for v, got in first.items() if ref is not None}
