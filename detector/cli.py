@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -14,7 +15,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from . import __distribution__, __version__
 from .config import (
@@ -136,7 +137,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except BaseException:
         source.close()
         raise
-    log.info("model %s on %s (%s); input %s", detector.name, detector.device, detector.precision, source.info.path)
+    log.info("model %s on %s, %s %s; input %s", detector.name, detector.device, detector.engine.kind,
+             detector.precision, source.info.path)  # fmt: skip
+    before = {p: _file_state(p) for p in (plan.out, plan.json) if p is not None}
     try:
         result = run(detector, source, plan=plan, max_frames=args.max_frames, progress=not args.quiet,
                      serve=args.serve, serve_token=serve_token, max_viewers=args.max_viewers,
@@ -144,8 +147,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                      detect_threads=args.detect_threads,
                      announce=None if args.quiet else print)  # fmt: skip
     except Interrupted as exc:
-        kept = [str(p) for p in (plan.out, plan.json) if p is not None]
-        exc.detail = f"; the frames processed so far are in {' and '.join(kept)}" if kept else ""
+        exc.detail = _kept_after_stop(before, plan.json)
         raise
     fps = result.frames / result.seconds if result.seconds > 0 else 0.0
     print(f"{result.frames} frames, {result.detections} detections, {fps:.2f} frames/s")
@@ -161,6 +163,31 @@ def cmd_run(args: argparse.Namespace) -> int:
             write_text_atomic(stats_path, json.dumps(result.stats.summary(), indent=2) + "\n")
             print(f"stats: {stats_path}")
     return 0
+
+
+def _file_state(path: Path) -> tuple[int, int, int] | None:
+    """What tells a file (or folder) apart from its replacement: inode, modification time, size."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def _kept_after_stop(before: dict[Path, tuple[int, int, int] | None], jsonl: Path | None) -> str:
+    """What a stopped run left, for its one line: outputs are finalised and renamed into place on a
+    stop signal, so an output whose file changed holds the frames processed; one that did not is
+    the earlier file (or none), untouched. The JSON Lines file counts the frames (one line each)."""
+    changed = [p for p, state in before.items() if _file_state(p) != state]
+    if not changed:
+        kept = [str(p) for p, state in before.items() if state is not None]
+        return "; nothing was written" + (f", {' and '.join(kept)} kept as they were" if kept else "")
+    names = " and ".join(str(p) for p in changed)
+    if jsonl in changed and jsonl is not None and jsonl.is_file():
+        with jsonl.open("rb") as f:
+            if not any(line.strip() for line in f):
+                return f"; no frame was processed ({names} hold no frames)"
+    return f"; the frames processed so far are in {names}"
 
 
 def _run_folder(args: argparse.Namespace, cfg: DetectorConfig, stats_path: Path | None) -> int:
@@ -307,7 +334,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .models import MODELS
     from .predictor import Detector
 
-    overrides = {}
+    overrides: dict[str, object] = {}
     if args.score_threshold is None and args.config is None:
         # torchvision scores its COCO models at 0.05; a TorchScript model's own threshold stands
         overrides["score_threshold"] = 0.05 if (args.model or "fasterrcnn_resnet50_fpn") in MODELS else 0.0
@@ -340,14 +367,44 @@ def _finish_eval(args: argparse.Namespace, report: EvalReport, *, write_results:
     return 0
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its errors in one line, as every other error here: ``error: --codec must be one
+    of auto, h264, mp4v, got 'vp9' (see detector run --help)`` and exit 2, instead of the usage block
+    (``--help`` prints it in full). Subcommands' parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {plain_parse_error(message)} (see {self.prog} --help)\n")
+
+
+_CHOICE = re.compile(r"argument (?P<arg>.+?): invalid choice: (?P<got>.*) \(choose from (?P<choices>.*)\)")
+_VALUE = re.compile(r"argument (?P<arg>.+?): invalid (?P<type>int|float) value: (?P<got>.*)")
+
+
+def plain_parse_error(message: str) -> str:
+    """argparse's error text in the words of this CLI's own errors."""
+    message = " ".join(message.split())
+    m = _CHOICE.fullmatch(message)
+    if m:
+        choices = m["choices"].replace("'", "")
+        if m["arg"] == "command":
+            return f"unknown command {m['got']}; use one of {choices}"
+        return f"{m['arg'].split('/')[-1]} must be one of {choices}, got {m['got']}"
+    m = _VALUE.fullmatch(message)
+    if m:
+        kind = "an integer" if m["type"] == "int" else "a number"
+        return f"{m['arg'].split('/')[-1]} must be {kind}, got {m['got']}"
+    if message.startswith("argument "):
+        arg, _, why = message[len("argument ") :].partition(": ")
+        return f"{arg.split('/')[-1]} {why}" if why else message
+    return message
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="detector", description="Real-time object detection with torchvision detectors."
-    )
+    parser = OneLineParser(prog="detector", description="Real-time object detection with torchvision detectors.")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info logs")
     parser.add_argument("--version", action="version", version=f"{__distribution__} {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    quiet = argparse.ArgumentParser(add_help=False)  # -q also after the subcommand
+    quiet = OneLineParser(add_help=False)  # -q also after the subcommand
     quiet.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                        help="no progress bars or info logs")  # fmt: skip
 

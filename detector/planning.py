@@ -137,8 +137,9 @@ def plan_outputs(
     if out is not None and video_like:
         check_video_codec(out, codec)
     refuse_shared((("--out", out), ("--json", json), ("--stats", stats)))
-    outputs = [*(_media_files(source, out) if out is not None else []), *(p for p in (json, stats) if p)]
-    refuse_inputs(outputs, inputs, "choose another --out/--json path")
+    refuse_inputs(_media_files(source, out) if out is not None else [], inputs, "choose another --out path")
+    refuse_inputs([json] if json is not None else [], inputs, "choose another --json path")
+    refuse_inputs([stats] if stats is not None else [], inputs, "choose another --stats path")
     if json is not None:
         prepare_output(json, kind="jsonl")
     if stats is not None:
@@ -187,7 +188,8 @@ def plan_video_outputs(
         items.append((video, out / f"{stem}.mp4", out / f"{stem}.jsonl"))
     outputs = [p for _, media, jsonl in items for p in (media, jsonl)]
     refuse_shared([("--stats", stats), *(("a video's output", p) for p in outputs)])
-    refuse_inputs([*outputs, *([stats] if stats is not None else [])], videos.paths, "choose another --out folder")
+    refuse_inputs(outputs, videos.paths, "choose another --out folder")
+    refuse_inputs([stats] if stats is not None else [], videos.paths, "choose another --stats path")
     for _, media, jsonl in items:
         prepare_output(media, kind="video")
         prepare_output(jsonl, kind="jsonl")

@@ -42,6 +42,12 @@ __all__ = ["AUTOCAST_DTYPES", "Detector", "Frame", "resolve_device"]
 
 
 log = logging.getLogger(__name__)
+LARGE_IMAGE_PIXELS = 50_000_000
+"""A frame above this many pixels is warned about once per Detector: it is decoded and converted at
+full size before the model shrinks it (a 12000x9000 JPEG peaked at 3.9-5.3 GB)."""
+BYTES_PER_PIXEL = 40
+"""Peak memory per input pixel, roughly: decoded BGR and RGB copies (3 + 3 bytes), then float copies
+(12 bytes each) before the model's resize; measured 36 (D2Go) to 49 (torchvision) bytes."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -150,6 +156,7 @@ class Detector:
         self.model: nn.Module | Engine = model.model if isinstance(model, TorchEngine) else model
         """The torch module for the torch engine (what tests and users poke at), else the engine itself."""
         self._batches = True  # cleared if the model turns out to take one image per call
+        self._warned_large = False
         self._takes_uint8 = bool(getattr(self.model, "accepts_uint8", False))
         """A model (or engine) with ``accepts_uint8 = True`` is given uint8 RGB frames as they are."""
 
@@ -243,6 +250,9 @@ class Detector:
         frame = _as_array(frame)
         if isinstance(frame, (np.ndarray, torch.Tensor)) and 0 in tuple(frame.shape):
             raise ValueError(f"the frame is empty (shape {tuple(frame.shape)}); pass an image with pixels")
+        if isinstance(frame, (np.ndarray, torch.Tensor)) and frame.ndim >= 2 and not self._warned_large:
+            h, w = frame.shape[-2:] if isinstance(frame, torch.Tensor) else frame.shape[:2]
+            self._warn_if_large(int(h), int(w))
         if isinstance(frame, torch.Tensor):
             if frame.ndim != 3 or frame.shape[0] != 3:
                 raise ValueError(f"tensor frames must be RGB (3, H, W), got shape {tuple(frame.shape)}")
@@ -270,6 +280,19 @@ class Detector:
         else:
             t = torch.from_numpy(cv2.cvtColor(frame, code)).to(self.device)
         return t.permute(2, 0, 1)  # a view: (3, H, W) over the interleaved pixels
+
+    def _warn_if_large(self, h: int, w: int) -> None:
+        """One warning per Detector for a frame above :data:`LARGE_IMAGE_PIXELS`; no refusal."""
+        if h * w <= LARGE_IMAGE_PIXELS:
+            return
+        self._warned_large = True
+        limits = self.resize_limits
+        to = f" (at most {limits[1]} px a side)" if limits else ""
+        log.warning(
+            "a %dx%d image (%.0f megapixels) is resized to the model's input%s, but decoding and converting it "
+            "at full size takes about %.1f GB of memory; downscale such images first if memory is short",
+            w, h, h * w / 1e6, to, h * w * BYTES_PER_PIXEL / 1e9,
+        )  # fmt: skip
 
     def preprocess(self, frames: Sequence[Frame]) -> list[torch.Tensor]:
         """Frames to RGB (3, H, W) tensors on the model's device.

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 from detector.cli import main
 
@@ -128,10 +129,41 @@ CASES: dict[str, Case] = {
                                          "would be ignored"),
     "eval --out is a file": Case(lambda d: ["eval", "--annotations", str(d / "gt.json"), "--images", str(d / "imgs"),
                                             *M, "--out", str(d / "img.jpg")], "is a file"),
+    "--weights of another model": Case(lambda d: ["run", str(d / "img.jpg"), "--weights", str(_foreign_weights(d)),
+                                                  "--min-size", "128", "--max-size", "160", "--device", "cpu"],
+                                       "1 unexpected, 1 of another shape; first missing: "),
+    "eval results with NaN score and long numbers": Case(lambda d: ["eval", "--annotations", str(d / "gt.json"),
+                                                                    "--results", str(_results(d, _LONG_NAN_ROW))],
+                                                         '"score": NaN, ...}; fix the file'),
+    "--stats is the input video": Case(lambda d: ["run", str(d / "clip.mp4"), *M, "--out", str(d / "o.mp4"),
+                                                  "--stats", str(d / "clip.mp4")], "choose another --stats path",
+                                       ("o.mp4",)),
+    "empty folder": Case(lambda d: ["run", str(_empty(d)), *M], ", nor videos (it holds no file); give a folder"),
+    "glob of videos matching nothing": Case(lambda d: ["run", str(d / "imgs" / "*.mp4"), *M],
+                                            str(Path("imgs") / "*.mp4") + " matched no file"),
+    "--serve port out of range": Case(lambda d: ["run", str(d / "clip.mp4"), *M, "--serve", "99999"],
+                                      "port 99999 is out of range 1-65535"),
     "eval --out over its annotations": Case(lambda d: ["eval", "--annotations", str(_renamed_gt(d)), "--images",
                                                        str(d / "imgs"), *M, "--out", str(d)],
                                             "would overwrite the input"),
 }  # fmt: skip
+
+
+_LONG_NAN_ROW = {"bbox": [0.30000000000000004, 1.2345678901234567, 20.000000000000004, 7.123456789012345],
+                 "score": float("nan"), "area": 123.45678901234568, "segmentation": [[1.5] * 40]}  # fmt: skip
+"""Longer than the 120 characters errors once cut rows at, mid-number; the NaN comes last."""
+
+
+def _foreign_weights(folder: Path) -> Path:
+    """A small .pth that fits no registry model: one unknown key and one key of the wrong shape."""
+    path = folder / "foreign.pth"
+    torch.save({"backbone.body.conv1.weight": torch.zeros(8, 3, 3, 3), "head.extra.weight": torch.zeros(2)}, path)
+    return path
+
+
+def _empty(folder: Path) -> Path:
+    (folder / "empty").mkdir()
+    return folder / "empty"
 
 
 def _videos(folder: Path) -> Path:

@@ -97,18 +97,20 @@ def progress_line(what: str, enabled: bool = True) -> Iterator[None]:
         print(f"{what} ...", file=sys.stderr, flush=True)
     if thread is not None:
         thread.start()
-    ok = False
+    status = "failed in"
     try:
         yield
-        ok = True
+        status = "done in"
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM/SIGHUP turned into Interrupted by the CLI
+        status = "interrupted after"
+        raise
     finally:
         stop.set()
         if thread is not None:
             thread.join()
         if enabled:
-            status = "done" if ok else "failed"
             prefix = "\r" if tty else ""
-            print(f"{prefix}{what} ... {status} in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+            print(f"{prefix}{what} ... {status} {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
 
 
 def _export_onnx(model: nn.Module, path: Path) -> None:

@@ -41,13 +41,37 @@ def read_json(path: Path, what: str) -> Any:
         raise DatasetError(f"{what} file {path} is not UTF-8 JSON; re-export it") from None
 
 
+def quote_json(value: Any, limit: int = 100) -> str:
+    """``value`` as JSON (``NaN``, ``Infinity`` as a file spells them) for an error line, at most about
+    ``limit`` characters: a long list or object is abbreviated with ``...`` between whole items,
+    a long string with ``...`` inside its quotes; a number is never cut."""
+    text = json.dumps(value, default=str)
+    if len(text) <= limit:
+        return text
+    if isinstance(value, (list, dict)):
+        pairs = value.items() if isinstance(value, dict) else ((None, v) for v in value)
+        items: list[str] = []
+        for key, item in pairs:
+            piece = quote_json(item, limit // 2)
+            if key is not None:
+                piece = f"{json.dumps(str(key))}: {piece}"
+            if len(", ".join([*items, piece])) > limit - 7:
+                break
+            items.append(piece)
+        inner = ", ".join([*items, "..."])
+        return f"{{{inner}}}" if isinstance(value, dict) else f"[{inner}]"
+    if isinstance(value, str):
+        return json.dumps(value[: max(limit - 5, 1)] + "...")
+    return text  # a number: whole, however long
+
+
 def _need(entry: Any, keys: Sequence[str], where: str, path: Path) -> None:
     if not isinstance(entry, dict):
         raise DatasetError(f"{path}: every entry of '{where}' must be an object; fix the file")
     missing = [k for k in keys if k not in entry]
     if missing:
         raise DatasetError(
-            f"{path}: an entry of '{where}' lacks required key(s) {', '.join(missing)}: {json.dumps(entry)[:120]}"
+            f"{path}: an entry of '{where}' lacks required key(s) {', '.join(missing)}: {quote_json(entry, 120)}"
         )
 
 

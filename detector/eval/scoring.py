@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import time
 from collections import Counter
@@ -17,7 +18,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from .dataset import DatasetError, coco_from_dict, is_number
+from .dataset import DatasetError, coco_from_dict, is_number, quote_json
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +59,11 @@ def validate_results(results: Any, gt: COCO, source: str) -> list[dict[str, Any]
     for i, row in enumerate(results):
         if not isinstance(row, dict) or any(k not in row for k in ("image_id", "category_id", "bbox", "score")):
             raise DatasetError(
-                f"{source}: every detection needs image_id, category_id, bbox and score; got {str(row)[:120]}"
+                f"{source}: every detection needs image_id, category_id, bbox and score; got {quote_row(row)}"
             )
         why = _bad_row(row)
         if why:
-            raise DatasetError(f"{source}: detection {i} {why}: {str(row)[:120]}; fix the file")
+            raise DatasetError(f"{source}: detection {i} {why}: {quote_row(row)}; fix the file")
     unknown_images = sorted({r["image_id"] for r in results} - set(gt.imgs))
     if unknown_images:
         raise DatasetError(
@@ -77,6 +78,22 @@ def validate_results(results: Any, gt: COCO, source: str) -> list[dict[str, Any]
         )
     _warn_if_xyxy(results, gt, source)
     return results
+
+
+ROW_KEYS = ("image_id", "category_id", "bbox", "score")
+
+
+def quote_row(row: Any, limit: int = 100) -> str:
+    """A results row as its file spells it (JSON: ``NaN``, ``Infinity``), for an error line: a dict
+    shows ``image_id``, ``category_id``, ``bbox`` and ``score`` first, other keys as ``...``; a value
+    longer than ``limit`` is abbreviated with ``...`` between whole items, never inside a number."""
+    if not isinstance(row, dict):
+        return quote_json(row, limit)
+    shown = [k for k in ROW_KEYS if k in row]
+    items = [f"{json.dumps(str(k))}: {quote_json(row[k], limit)}" for k in shown]
+    if len(row) > len(shown):
+        items.append("...")
+    return "{" + ", ".join(items) + "}"
 
 
 def _bad_row(row: dict[str, Any]) -> str | None:

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jp2", ".pgm", ".ppm"})
 GLOB_CHARS = frozenset("*?[")
+ACCEPTED = "give a folder or glob of images (.jpg, .png, ...) or of videos (.mp4, .avi, ...)"
+"""The fix an input with nothing to run suggests."""
 
 
 def read_image(path: Path) -> np.ndarray | None:
@@ -48,7 +50,7 @@ class ImageSource(Source):
 
     def __init__(self, paths: list[Path], origin: Path, kind: SourceKind, base: Path | None = None) -> None:
         if not paths:
-            raise SourceError(f"no images found at {origin}; give a folder or glob with .jpg/.png files")
+            raise SourceError(f"no images found at {origin}, nor videos; {ACCEPTED}")
         self.paths = paths
         self.base = base
         """For a glob: the folder before its first wildcard; names are relative to it."""
@@ -225,6 +227,10 @@ def _glob_paths(pattern: str) -> list[Path]:
     return sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).suffix.lower() in IMAGE_EXTS)
 
 
+def _files(n: int) -> str:
+    return "1 file" if n == 1 else f"{n} files"
+
+
 def glob_base(pattern: str) -> Path:
     """The folder part of a glob before its first wildcard (``cams/*/img.jpg`` -> ``cams``)."""
     fixed: list[str] = []
@@ -265,11 +271,22 @@ def open_source(
         return open_stream(text)
     path = Path(text).expanduser()
     if any(c in text for c in GLOB_CHARS) and not path.exists():
-        return ImageSource(_glob_paths(str(path)), path, "images", base=glob_base(str(path)))
+        images = _glob_paths(str(path))
+        if not images:
+            matched = [p for p in glob.glob(str(path), recursive=True) if Path(p).is_file()]
+            if not matched:
+                raise SourceError(f"the glob {path} matched no file; check its folder and pattern")
+            raise SourceError(f"the glob {path} matched {_files(len(matched))} but no images or videos; {ACCEPTED}")
+        return ImageSource(images, path, "images", base=glob_base(str(path)))
     if not path.exists():
         raise SourceError(f"input {path} not found; check the path")
     if path.is_dir():
-        return ImageSource(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS), path, "images")
+        images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+        if not images:
+            others = sum(1 for p in path.iterdir() if p.is_file())
+            what = f"it holds {_files(others)} of other kinds" if others else "it holds no file"
+            raise SourceError(f"no images found in {path}, nor videos ({what}); {ACCEPTED}")
+        return ImageSource(images, path, "images")
     if path.suffix.lower() in IMAGE_EXTS:
         return ImageSource([path], path, "image")
     return VideoFileSource(path, stride=stride, start=start, end=end)

@@ -32,8 +32,10 @@ def parse_address(spec: str) -> tuple[str, int]:
     """``PORT`` or ``HOST:PORT`` (IPv6 as ``[::1]:PORT``); the host defaults to 127.0.0.1."""
     host, _, port = spec.rpartition(":")
     host = host.strip("[]") or "127.0.0.1"
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not port.isdigit():
         raise SinkError(f"--serve takes PORT or HOST:PORT (e.g. 8080 or 0.0.0.0:8080), got {spec!r}")
+    if int(port) > 65535:
+        raise SinkError(f"--serve port {int(port)} is out of range 1-65535 (0 picks a free one); e.g. --serve 8080")
     return host, int(port)
 
 

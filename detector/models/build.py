@@ -82,7 +82,7 @@ def load_torchscript(path: Path, device: str = "cpu") -> torch.jit.ScriptModule:
             return torch.jit.load(str(path), map_location="cpu").eval()
     except Exception as exc:  # torch.jit raises RuntimeError and others for foreign files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"cannot load TorchScript model {path} ({first[:160]}); re-export it") from None
+        raise ConfigError(f"cannot load TorchScript model {path} ({clip(first)}); re-export it") from None
 
 
 def _class_names(cfg: DetectorConfig, num_classes: int) -> tuple[str, ...]:
@@ -120,14 +120,47 @@ def _build_registry(spec: ModelSpec, cfg: DetectorConfig, progress: bool) -> tup
             f"set num_classes to {in_file} and give {in_file} class_names (background included)"
         )
     model = spec.build(cfg, num_classes)
-    try:
-        model.load_state_dict(state_dict)
-    except RuntimeError as exc:
-        detail = " ".join(str(exc).split())[:200]
+    detail = state_dict_mismatch(model.state_dict(), state_dict)
+    if detail is None:
+        try:
+            model.load_state_dict(state_dict)
+        except RuntimeError as exc:  # anything torch finds that the comparison above did not
+            detail = clip(" ".join(str(exc).split()))
+    if detail is not None:
         raise WeightsError(
             f"weights file {path} does not fit {spec.name} ({detail}); pass the --model it was saved from"
         ) from None
     return model, num_classes
+
+
+def clip(text: str, limit: int = 160) -> str:
+    """``text`` cut to at most ``limit`` characters at a word boundary, with "..." when cut: never mid-word."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 3].rsplit(" ", 1)[0].rstrip(" ,;:(")
+    return f"{cut}..."
+
+
+def state_dict_mismatch(wanted: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> str | None:
+    """Why ``given`` (a weights file's state_dict) does not load into a model whose state_dict is
+    ``wanted``, in one short line (``3 missing keys, 2 unexpected; first missing: backbone.fc.weight``),
+    or None when every key and shape fits. torch's own text lists every key, paragraphs long."""
+    missing = [k for k in wanted if k not in given]
+    unexpected = [k for k in given if k not in wanted]
+    shapes = [k for k in wanted if k in given and given[k].shape != wanted[k].shape]
+    if not (missing or unexpected or shapes):
+        return None
+    counts = [f"{len(missing)} missing key{'' if len(missing) == 1 else 's'}"] if missing else []
+    counts += [f"{len(unexpected)} unexpected"] if unexpected else []
+    counts += [f"{len(shapes)} of another shape"] if shapes else []
+    if missing:
+        first = f"first missing: {missing[0]}"
+    elif unexpected:
+        first = f"first unexpected: {unexpected[0]}"
+    else:
+        key = shapes[0]
+        first = f"first: {key} is {_shape(given[key])} in the file, {_shape(wanted[key])} in the model"
+    return clip(f"{', '.join(counts)}; {first}", 200)
 
 
 def build_model(cfg: DetectorConfig, *, progress: bool = True) -> tuple[nn.Module, tuple[str, ...], PostLimits]:
@@ -154,3 +187,7 @@ def build_model(cfg: DetectorConfig, *, progress: bool = True) -> tuple[nn.Modul
     model = load_torchscript(path)
     names = cfg.class_names or COCO_CLASS_NAMES
     return model, names, PostLimits(cfg.model if shipped else path.stem, cfg.score_threshold, cfg.max_detections)
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "x".join(map(str, t.shape)) or "a scalar"
