@@ -41,6 +41,8 @@ _EXPORTS = {
     "JsonlSink": "detector.io",
     "stream": "detector.pipeline",
     "Stream": "detector.pipeline",
+    "multi_stream": "detector.pipeline",
+    "MultiStream": "detector.pipeline",
     "StopPipeline": "detector.errors",
     "run": "detector.runner",
     "ConfigError": "detector.errors",
@@ -67,6 +69,7 @@ __all__ = [
     "Source",
     "SourceError",
     "StopPipeline",
+    "MultiStream",
     "Stream",
     "VideoFileSink",
     "WeightsError",
@@ -75,6 +78,7 @@ __all__ = [
     "load_config",
     "open_source",
     "run",
+    "multi_stream",
     "stream",
 ]
 
@@ -83,7 +87,7 @@ if TYPE_CHECKING:
     from .errors import ConfigError, DetectorError, SinkError, SourceError, StopPipeline, WeightsError
     from .io import Frame, ImageSink, JsonlSink, Source, VideoFileSink, open_source
     from .models import MODELS
-    from .pipeline import Stream, stream
+    from .pipeline import MultiStream, Stream, multi_stream, stream
     from .predictor import Detector, load
     from .render import BoxAnnotator, LabelAnnotator, annotate
     from .resources import DEMO_CLIP

@@ -271,3 +271,16 @@ def test_unwritable_output_folder_fails_before_the_model(tmp_path: Path) -> None
     res = run_cli("run", str(DEMO), "--model", str(TORCHSCRIPT), "--stats", str(blocker / "s.json"), cwd=tmp_path)
     assert res.returncode == 2 and "cannot create output folder" in res.stderr, res.stderr
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+
+
+def test_a_stop_before_the_first_frame_keeps_the_earlier_files(tmp_path: Path) -> None:
+    """A stop signal (KeyboardInterrupt) after the outputs opened but before any frame replaced earlier
+    files with empty ones (a 262-byte MP4 and an empty JSONL): now nothing is renamed into place."""
+    video, jsonl = tmp_path / "x.mp4", tmp_path / "x.jsonl"
+    for path in (video, jsonl):
+        path.write_bytes(b"an earlier run's output")
+    with pytest.raises(KeyboardInterrupt):
+        with VideoFileSink(video, 10.0, (64, 48)), JsonlSink(jsonl):
+            raise KeyboardInterrupt
+    assert video.read_bytes() == jsonl.read_bytes() == b"an earlier run's output"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.jsonl", "x.mp4"]

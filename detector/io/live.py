@@ -165,6 +165,11 @@ class LiveSource(Source):
         if self._error is not None:
             raise self._error
 
+    def interrupt(self) -> None:
+        """Make iteration return now, from another thread, without waiting for the capture thread
+        (``close()`` joins it; a stalled stream would hold up whoever stops several sources)."""
+        self._stop.set()
+
     def close(self) -> None:
         """Stop the capture thread; it releases its capture itself when its current read returns
         (a read blocked on a dead stream ends at the stream's read timeout)."""

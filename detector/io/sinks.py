@@ -344,7 +344,9 @@ class _PartialFileSink(_Sink):
             self._unwinding.kept.append(self._kept_note(done, self._written()))
 
     def _finalise(self, *, failed: bool, written: int) -> Path | None:
-        done = _finalise(self._tmp, self.path, failed=failed, written=written)
+        # A stop signal before the first frame: nothing to keep, and an earlier file of this name stays.
+        stopped_empty = isinstance(self._unwinding, KeyboardInterrupt) and written == 0
+        done = _finalise(self._tmp, self.path, failed=failed or stopped_empty, written=written)
         if done is not None:
             self.path = done
         return done

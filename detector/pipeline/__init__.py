@@ -16,6 +16,7 @@ and their defaults), :mod:`.sync` (the stop-aware queue helpers they share).
 
 from .defaults import DEFAULT_DETECT_THREADS, check_batch_memory, check_counts, default_batch_size
 from .loop import DetectLoop, run_pipeline
+from .multi import MultiStream, multi_stream
 from .stats import STAGES, Stats
 from .stream import Stream, check_arguments, stream
 
@@ -23,12 +24,14 @@ __all__ = [
     "DEFAULT_DETECT_THREADS",
     "STAGES",
     "DetectLoop",
+    "MultiStream",
     "Stats",
     "Stream",
     "check_arguments",
     "check_batch_memory",
     "check_counts",
     "default_batch_size",
+    "multi_stream",
     "run_pipeline",
     "stream",
 ]

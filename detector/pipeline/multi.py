@@ -68,16 +68,11 @@ def _opener(spec: SourceSpec, connect_timeout: float) -> tuple[Callable[[], Any]
 
 
 def _interrupt(source: Any) -> None:
-    """Make a source's iteration return now, from another thread. A :class:`LiveSource` waits on its
-    stop signal (the hook it offers today is ``close()``, which also joins its capture thread, so
-    one stalled stream would hold up stopping the others)."""
+    """Make a source's iteration return now, from another thread (:meth:`LiveSource.interrupt`; not
+    ``close()``, which also joins its capture thread, so one stalled stream would hold up the others)."""
     interrupt = getattr(source, "interrupt", None)
     if callable(interrupt):
         interrupt()
-        return
-    stop = getattr(source, "_stop", None)
-    if isinstance(stop, threading.Event):
-        stop.set()
 
 
 class _Reader:
