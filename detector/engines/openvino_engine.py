@@ -7,7 +7,9 @@ video (one size) compiles once and a folder of mixed sizes still works
 convolution stacks in bf16 and the predictors, box decoding, scores and NMS in
 f32 (:mod:`.openvino_mixed`: the graph cut into segments, each compiled with its
 own ``INFERENCE_PRECISION_HINT``); on a CPU without native bf16 this engine says
-so and runs f32.
+so and runs f32. ``int8`` is in the graph itself (NNCF, :mod:`.quantize`): a quantized
+graph runs int8 under the f32 hint, whatever was asked, and a float graph asked for
+int8 is refused.
 """
 
 from __future__ import annotations
