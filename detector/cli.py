@@ -124,6 +124,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         check_gui()
     stats_path = Path(args.stats) if args.stats not in (None, "-") else None
+    if args.sources is not None or len(args.source) > 1:
+        return _run_many(args, cfg, stats_path)
+    args.source = args.source[0] if args.source else None
     from .folder_run import many_inputs
 
     if many_inputs(args.source):  # a folder of videos, or any run under torchrun
@@ -161,6 +164,72 @@ def cmd_run(args: argparse.Namespace) -> int:
             from .io.sinks import write_text_atomic
 
             write_text_atomic(stats_path, json.dumps(result.stats.summary(), indent=2) + "\n")
+            print(f"stats: {stats_path}")
+    return 0
+
+
+def _run_many(args: argparse.Namespace, cfg: DetectorConfig, stats_path: Path | None) -> int:
+    """Several sources (``SRC1 SRC2 ...`` or ``--sources FILE``) through one model, outputs per source."""
+    from .multi_run import (
+        check_entries,
+        open_files,
+        parse_entry,
+        read_sources_file,
+        run_many,
+        stats_summary,
+        stats_table,
+    )
+    from .planning import plan_multi_outputs
+    from .predictor import Detector
+
+    entries = [parse_entry(text, where="source") for text in args.source]
+    if args.sources is not None:
+        entries += read_sources_file(args.sources)
+    check_entries(entries)
+    if args.serve is not None or args.show:
+        raise DetectorError(
+            "--serve and --show watch one source; the browser grid for several sources is not built yet: "
+            "drop them, or run one source at a time to watch it"
+        )
+    if args.batch_size is not None or args.detect_threads is not None:
+        raise DetectorError("--batch-size and --detect-threads are for one file or folder; several sources are "
+                            "batched across sources, one newest frame each")  # fmt: skip
+    sources = [(e.name, e.spec, None if e.live else Path(e.spec).expanduser()) for e in entries]
+    plan = plan_multi_outputs(sources, args.out, args.json, stats=stats_path, codec=args.codec)
+    opened = open_files(plan, stride=args.stride or 1, start=args.start or 0, end=args.end)
+    try:
+        detector = Detector.from_config(cfg, progress=not args.quiet)
+    except BaseException:
+        for got in opened.values():
+            if not isinstance(got, str):
+                got.close()
+        raise
+    log.info("model %s on %s, %s %s; %d sources", detector.name, detector.device, detector.engine.kind,
+             detector.precision, len(entries))  # fmt: skip
+    outputs = [p for item in plan.items for p in (item.out, item.json) if p is not None]
+    before = {p: _file_state(p) for p in outputs}
+    try:
+        result = run_many(detector, plan, opened, max_frames=args.max_frames, hud=args.hud, codec=args.codec,
+                          announce=None if args.quiet else print)  # fmt: skip
+    except Interrupted as exc:
+        changed = [str(p) for p in outputs if _file_state(p) != before[p]]
+        exc.detail = f"; the frames processed so far are in {', '.join(changed)}" if changed else (
+            "; nothing was written")  # fmt: skip
+        raise
+    fps = result.frames / result.seconds if result.seconds > 0 else 0.0
+    print(f"{result.frames} frames, {result.detections} detections, {fps:.2f} frames/s ({len(entries)} sources)")
+    for source in result.sources:
+        if source.frames == 0:
+            print(f"{source.name}: no frame ({source.error or 'it never delivered one'})", file=sys.stderr)
+            continue
+        files = ", ".join(str(p) for p in (source.out, source.json) if p is not None)
+        print(f"{source.name}: {source.frames} frames, {source.detections} detections -> {files}")
+    if args.stats is not None:
+        print(stats_table(result))
+        if stats_path is not None:
+            from .io.sinks import write_text_atomic
+
+            write_text_atomic(stats_path, json.dumps(stats_summary(result), indent=2) + "\n")
             print(f"stats: {stats_path}")
     return 0
 
@@ -411,9 +480,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "run", parents=[quiet], help="detect on a camera, stream, video file, image, or folder of images or videos"
     )
-    p.add_argument(
-        "source", nargs="?", help="camera index (0), stream URL, image, folder, glob or video (default: demo clip)"
-    )
+    p.add_argument("source", nargs="*", help="camera index (0), stream URL, image, folder, glob or video (default: "
+                   "demo clip); several cameras, streams and videos run through one model, with per-source outputs "
+                   "(--out DIR: DIR/<name>.mp4 + .jsonl)")  # fmt: skip
+    p.add_argument("--sources", type=Path, metavar="FILE",
+                   help="several sources, one per line as [name=]source (# comments); outputs per source")  # fmt: skip
     p.add_argument("--out", type=Path, help="annotated output: a video/image file, or a folder for folders")
     p.add_argument("--json", type=Path, help="JSON Lines detections (default: next to --out)")
     p.add_argument("--codec", choices=CODECS, default="auto",

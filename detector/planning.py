@@ -206,3 +206,69 @@ class ImagePlan:
     origin: Path
     base: Path | None
     outputs: OutputPlan
+
+
+@dataclass(frozen=True)
+class SourceOutputs:
+    """One source of a multi-source run: its name, its input file (None: a camera or stream) and outputs."""
+
+    name: str
+    spec: str
+    input: Path | None
+    out: Path | None
+    json: Path | None
+
+
+@dataclass(frozen=True)
+class MultiPlan:
+    """Where a run of several sources writes: ``items`` in the order the sources were given."""
+
+    items: list[SourceOutputs]
+    stats: Path | None = None
+
+
+def plan_multi_outputs(
+    sources: list[tuple[str, str, Path | None]],
+    out: Path | None,
+    json_path: Path | None,
+    *,
+    stats: Path | None = None,
+    codec: str = "auto",
+) -> MultiPlan:
+    """The outputs of several sources ``(name, spec, input file or None for a live one)``, checked,
+    with their folders created, under the rules of :func:`plan_outputs`; nothing is written yet.
+
+    With ``out`` (a folder): ``out/<name>.mp4`` and ``out/<name>.jsonl`` per source. Without it, a
+    file source writes ``runs/<name>.mp4`` + ``.jsonl`` under free (numbered) names; a live source
+    writes only what is asked, so it needs ``out``. Names must be distinct (the caller's to check)."""
+    if json_path is not None:
+        raise SinkError(
+            f"--json {json_path} names one file, but several sources get one <name>.jsonl each, "
+            "beside its annotated copy; drop --json (--out DIR picks the folder)"
+        )
+    if out is not None and (out.suffix.lower() in VIDEO_FOURCC or (out.exists() and not out.is_dir())):
+        raise SinkError(f"--out {out} is a file; several sources are written to a folder: give --out a folder")
+    items: list[SourceOutputs] = []
+    for name, spec, path in sources:
+        if out is not None:
+            media, jsonl = out / f"{name}.mp4", out / f"{name}.jsonl"
+        elif path is None:
+            raise SinkError(f"live source {name}: nothing to do; add --out DIR (one <name>.mp4 + .jsonl per source)")
+        else:
+            media, jsonl = _free_defaults(DEFAULT_OUT_DIR / f"{name}.mp4", None)
+        items.append(SourceOutputs(name, spec, path, media, jsonl))
+    outputs = [p for item in items for p in (item.out, item.json) if p is not None]
+    inputs = [item.input for item in items if item.input is not None]
+    if outputs:
+        check_video_codec(items[0].out or outputs[0], codec)
+    refuse_shared([("--stats", stats), *(("a source's output", p) for p in outputs)])
+    refuse_inputs(outputs, inputs, "choose another --out folder")
+    refuse_inputs([stats] if stats is not None else [], inputs, "choose another --stats path")
+    for item in items:
+        if item.out is not None:
+            prepare_output(item.out, kind="video")
+        if item.json is not None:
+            prepare_output(item.json, kind="jsonl")
+    if stats is not None:
+        prepare_output(stats, kind="stats")
+    return MultiPlan(items, stats)

@@ -1,0 +1,156 @@
+"""``detector run SRC1 SRC2 ...`` and ``--sources FILE``: several sources, per-source outputs (detector.multi_run),
+on real video files and real MJPEG servers on loopback, with the shipped d2go model and few frames."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import pytest
+
+import detector
+from detector import multi_run
+from detector.cli import main
+
+from .conftest import ROOT
+from .stream_server import MjpegServer, jpeg_frames
+
+MODEL = ["--model", "d2go"]
+
+
+def frame_count(path: Path) -> int:
+    cap = cv2.VideoCapture(str(path))
+    try:
+        n = 0
+        while cap.read()[0]:
+            n += 1
+        return n
+    finally:
+        cap.release()
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture
+def videos(tmp_path: Path) -> tuple[Path, Path, Path]:
+    made = tuple(tmp_path / f"{name}.mp4" for name in ("a", "b", "c"))
+    for path in made:
+        shutil.copy(detector.DEMO_CLIP, path)
+    return made  # type: ignore[return-value]
+
+
+def test_two_videos_give_one_video_and_one_jsonl_each(videos: tuple[Path, ...], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert main(["-q", "run", str(videos[0]), str(videos[1]), "--out", str(out), *MODEL, "--max-frames", "3"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a.jsonl", "a.mp4", "b.jsonl", "b.mp4"]
+    for name in ("a", "b"):
+        records = lines(out / f"{name}.jsonl")
+        assert len(records) == 3 == frame_count(out / f"{name}.mp4")  # --max-frames counts per source
+        assert {r["source"] for r in records} == {name}
+        assert [r["frame"] for r in records] == [0, 1, 2]
+
+
+def test_sources_file_names_comments_and_refused_sources(
+    videos: tuple[Path, ...], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Names and comments in a --sources file; a missing file and a stream that refuses every
+    connection are reported, and the other sources still run to the end."""
+    monkeypatch.setattr(multi_run, "GIVE_UP_S", 1.0)
+    refused = MjpegServer(jpeg_frames(detector.DEMO_CLIP, n=2), start=False)  # its port refuses connections
+    listing = tmp_path / "sources.txt"
+    listing.write_text(
+        f"# the front door\ndoor={videos[0]}\n\n   # a comment line\n{videos[1]}  # named b from its file\n"
+        f"gone={tmp_path / 'missing.mp4'}\nyard={refused.url.replace('http://', 'http://user:secret@')}\n"
+    )
+    out = tmp_path / "out"
+    assert main(["-q", "run", "--sources", str(listing), "--out", str(out), *MODEL, "--max-frames", "2"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["b.jsonl", "b.mp4", "door.jsonl", "door.mp4"]
+    assert {r["source"] for r in lines(out / "door.jsonl")} == {"door"}
+    assert len(lines(out / "b.jsonl")) == 2 == frame_count(out / "b.mp4")
+    captured = capsys.readouterr()
+    assert "gone: no frame" in captured.err and "yard: no frame" in captured.err
+    assert "secret" not in captured.out + captured.err
+
+
+def test_sigterm_with_three_sources_keeps_every_output_complete(videos: tuple[Path, ...], tmp_path: Path) -> None:
+    """Two files and a live MJPEG stream; SIGTERM once each has written a frame: exit 143, every
+    output finalised under its name, playable, and each file's video holds one frame per JSON line."""
+    out = tmp_path / "out"
+    with MjpegServer(jpeg_frames(detector.DEMO_CLIP, n=20), fps=10.0) as server:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "detector", "-q", "run", str(videos[0]), str(videos[1]), f"cam={server.url}",
+             "--out", str(out), *MODEL],  # fmt: skip
+            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline and proc.poll() is None:
+                partial = list(out.glob("*.partial-*.jsonl")) if out.is_dir() else []
+                if len(partial) == 3 and all(p.stat().st_size > 0 for p in partial):
+                    break
+                time.sleep(0.1)
+            assert proc.poll() is None, proc.communicate()
+            proc.send_signal(signal.SIGTERM)
+            stdout, stderr = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 143, stderr
+    assert "interrupted by SIGTERM" in stderr
+    assert sorted(p.name for p in out.iterdir()) == ["a.jsonl", "a.mp4", "b.jsonl", "b.mp4", "cam.jsonl", "cam.mp4"]
+    for name in ("a", "b"):
+        n = len(lines(out / f"{name}.jsonl"))
+        assert n >= 1 and frame_count(out / f"{name}.mp4") == n
+    assert frame_count(out / "cam.mp4") >= len(lines(out / "cam.jsonl")) >= 1  # a live recording keeps its timing
+    assert {r["source"] for r in lines(out / "cam.jsonl")} == {"cam"}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["{a}", "{sub}/a.mp4"], "would both be named a"),
+        (["{a}", "{b}", "--out", "{tmp}"], "would overwrite the input"),
+        (["{a}", "{b}", "--json", "{tmp}/x.jsonl"], "--json"),
+        (["{a}", "{tmp}"], "run it alone"),
+        (["{a}", "{b}", "--serve", "8080"], "browser grid for several sources is not built yet"),
+        (["{a}", "0"], "nothing to do"),
+    ],
+)
+def test_refusals_are_one_line_and_touch_nothing(
+    videos: tuple[Path, ...], tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    (tmp_path / "sub").mkdir()
+    shutil.copy(videos[0], tmp_path / "sub" / "a.mp4")
+    before = {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in tmp_path.rglob("*")}
+    subs = {"a": str(videos[0]), "b": str(videos[1]), "sub": str(tmp_path / "sub"), "tmp": str(tmp_path)}
+    assert main(["-q", "run", *(a.format(**subs) for a in args), *MODEL]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in tmp_path.rglob("*")} == before
+
+
+def test_one_source_gives_exactly_todays_outputs(videos: tuple[Path, ...], tmp_path: Path) -> None:
+    """One positional source still takes today's path: same files, same lines (no "source" key)."""
+    from detector import Detector
+    from detector.config import load_config
+    from detector.runner import run
+
+    assert main(["-q", "run", str(videos[0]), "--out", str(tmp_path / "cli" / "a.mp4"), *MODEL,
+                 "--max-frames", "3"]) == 0  # fmt: skip
+    model = Detector.from_config(load_config(None, {"model": "d2go"}), progress=False)
+    run(model, videos[0], out=tmp_path / "api" / "a.mp4", max_frames=3, progress=False)
+    for which in ("cli", "api"):
+        assert sorted(p.name for p in (tmp_path / which).iterdir()) == ["a.jsonl", "a.mp4"]
+    assert (tmp_path / "cli" / "a.jsonl").read_text() == (tmp_path / "api" / "a.jsonl").read_text()
+    assert "source" not in lines(tmp_path / "cli" / "a.jsonl")[0]
+    assert frame_count(tmp_path / "cli" / "a.mp4") == frame_count(tmp_path / "api" / "a.mp4") == 3
