@@ -16,8 +16,9 @@ import torch
 
 from ..config import ENGINES
 from ..errors import EngineError
+from ..models.build import clip
 
-__all__ = ["ENGINES", "EXTRAS", "LOW_PRECISION_MODULES", "Engine", "require"]
+__all__ = ["ENGINES", "EXTRAS", "LOW_PRECISION_MODULES", "Engine", "first_line", "graph_scopes", "require"]
 EXTRAS = {"openvino": "openvino", "onnxruntime": "onnx", "onnx": "onnx", "nncf": "nncf"}
 """Python module -> the pip extra of this package that installs it."""
 LOW_PRECISION_MODULES = (
@@ -34,6 +35,18 @@ Everything else -- the input transform, the final class/box predictors, box deco
 scores and NMS -- stays fp32, so scores keep fp32 resolution and boxes do not land on a bf16 grid.
 The torch engine applies it per module; OpenVINO per graph node, by the scopes the ONNX export
 names after these modules."""
+
+
+def graph_scopes(paths: tuple[str, ...]) -> tuple[str, ...]:
+    """Node-name prefixes of these module paths in a graph made by ``detector export`` (``SingleImage``
+    holds the detector as ``model``; the ONNX exporter names nodes by module scope)."""
+    return tuple("/model/" + path.replace(".", "/") + "/" for path in paths)
+
+
+def first_line(exc: BaseException) -> str:
+    """A runtime's error as one short line for ours (its text can run to pages), cut at a word boundary."""
+    text = str(exc).strip()
+    return clip(text.splitlines()[0] if text else type(exc).__name__)
 
 
 @runtime_checkable

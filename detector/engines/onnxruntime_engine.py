@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..errors import EngineError
-from .base import require
+from .base import first_line, require
 
 
 class OnnxRuntimeEngine:
@@ -31,8 +31,7 @@ class OnnxRuntimeEngine:
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
-            text = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-            raise EngineError(f"cannot load ONNX model {path} ({text}); re-export it") from None
+            raise EngineError(f"cannot load ONNX model {path} ({first_line(exc)}); re-export it") from None
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 3 or len(outputs) != 3:
             raise EngineError(

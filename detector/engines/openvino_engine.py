@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import EngineError
-from .base import require
+from .base import first_line, require
 from .openvino_mixed import SegmentedRequest, split_by_precision
 
 log = logging.getLogger(__name__)
@@ -34,11 +34,6 @@ OV_PRECISIONS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 the f32 hint: the stacks run int8, everything else f32."""
 INT8_DOT_PRODUCT = ("avx512_vnni", "avx_vnni", "amx_int8")
 """x86 flags of int8 dot-product instructions; without them OpenVINO still runs int8, slower."""
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:160]
 
 
 def cpu_has_bf16(core: Any) -> bool:
@@ -108,7 +103,7 @@ class OpenVINOEngine:
         try:
             self._model = self.core.read_model(str(path))
         except Exception as exc:  # OpenVINO raises RuntimeError and its own types for foreign files
-            raise EngineError(f"cannot read OpenVINO model {path} ({_first_line(exc)}); re-export it") from None
+            raise EngineError(f"cannot read OpenVINO model {path} ({first_line(exc)}); re-export it") from None
         inputs = self._model.inputs
         if len(inputs) != 1 or inputs[0].get_partial_shape().rank.get_length() != 3 or len(self._model.outputs) != 3:
             raise EngineError(
@@ -164,7 +159,7 @@ class OpenVINOEngine:
         except EngineError:
             raise
         except Exception as exc:
-            why = _first_line(exc)
+            why = first_line(exc)
             raise EngineError(f"OpenVINO cannot compile {self.path} for {width}x{height} ({why})") from None
         self._compiled[key] = request
         if len(self._compiled) > self.max_sizes:

@@ -27,9 +27,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .base import LOW_PRECISION_MODULES, require
+from .base import LOW_PRECISION_MODULES, graph_scopes, require
 
-BF16_SCOPES = tuple("/model/" + path.replace(".", "/") + "/" for path in (*LOW_PRECISION_MODULES, "rpn"))
+BF16_SCOPES = graph_scopes((*LOW_PRECISION_MODULES, "rpn"))
 """Node-name prefixes of the low-precision modules in a graph exported by ``detector export``
 (``SingleImage`` holds the detector as ``model``; the ONNX exporter names nodes by module scope)."""
 

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import EngineError, SourceError
-from .base import LOW_PRECISION_MODULES, require
+from .base import LOW_PRECISION_MODULES, first_line, graph_scopes, require
 from .sidecar import sha256_file
 
 __all__ = [
@@ -55,7 +55,7 @@ __all__ = [
     "read_calibration",
 ]
 
-INT8_SCOPES = tuple("/model/" + path.replace(".", "/") + "/" for path in LOW_PRECISION_MODULES)
+INT8_SCOPES = graph_scopes(LOW_PRECISION_MODULES)
 """Node-name prefixes NNCF may quantize in a graph made by ``detector export`` (``SingleImage``
 holds the detector as ``model``). ``roi_heads/box_roi_pool/`` is there for the activation
 quantizer NNCF puts on the pooled features that feed fc6; ROI Align itself has no int8 kernel."""
@@ -231,7 +231,7 @@ def quantize_openvino(
         try:
             model = ov.Core().read_model(str(model))
         except Exception as exc:  # OpenVINO raises RuntimeError and its own types for foreign files
-            raise EngineError(f"cannot read {model} ({str(exc).strip().splitlines()[0][:160]}); re-export it") from None
+            raise EngineError(f"cannot read {model} ({first_line(exc)}); re-export it") from None
     if len(model.inputs) != 1 or len(model.outputs) != 3:
         raise EngineError("int8 quantizes graphs made by `detector export` (one image in, boxes/scores/labels out)")
     model = _read_unshared(ov, model)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import EngineError
-from .base import LOW_PRECISION_MODULES
+from .base import LOW_PRECISION_MODULES, first_line
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +130,7 @@ class TorchEngine:
                 out = self.model(images)
         except Exception as exc:
             if self.compiled and type(exc).__module__.startswith(("torch._dynamo", "torch._inductor")):
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-                raise EngineError(f"torch.compile failed ({first}); run without compile (--compile)") from exc
+                raise EngineError(f"torch.compile failed ({first_line(exc)}); run without compile (--compile)") from exc
             raise
         if self.compiled and self.warmup_seconds is None:
             self.warmup_seconds = time.perf_counter() - start
