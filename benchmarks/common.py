@@ -114,6 +114,16 @@ def plain_loop(n: int, out: Path, boxes_of: Callable[[np.ndarray], Iterable[Box]
     return done / (time.perf_counter() - start)
 
 
+SIMD_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+"""The x86 flags that decide which precisions run fast here (int8 dot products, native bf16)."""
+
+
+def cpu_flags() -> list[str]:
+    """Which of :data:`SIMD_FLAGS` this CPU has (``/proc/cpuinfo``; none where it cannot be read)."""
+    words = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() else set()
+    return [f for f in SIMD_FLAGS if f in words]
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"

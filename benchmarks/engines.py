@@ -30,7 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from common import machine, real_frame
+from common import cpu_flags, machine, real_frame
 
 from detector import Detector, load_config
 from detector.engines.export import calibration_for, export_model, weights_sha256
@@ -58,11 +58,6 @@ def whole_graph_bf16(onnx: Path) -> Detector:
             return self.core.compile_model(model, "CPU", self._config).create_infer_request()
 
     return Detector(WholeGraph(onnx, precision="bf16"), precision="bf16", score_threshold=0.05)
-
-
-def cpu_has_native_bf16() -> bool:
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
 
 
 def top_box_error(ref: Detections, got: Detections, top: int = 10) -> float:
@@ -139,13 +134,11 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also append one JSON line per model and size here")
     ap.add_argument("--proposals", type=int, help="Faster R-CNN: proposals kept after the RPN's NMS (default 1000)")
     args = ap.parse_args()
-    native_bf16 = cpu_has_native_bf16()
+    flags = cpu_flags()
+    native_bf16 = any(f in flags for f in ("avx512_bf16", "amx_bf16"))
     wanted = [v for v in args.variants if native_bf16 or not v.endswith("bf16")]
     skipped = [v for v in args.variants if v not in wanted]
     frame = cv2.resize(real_frame(0), (640, 480), interpolation=cv2.INTER_AREA)
-    cpuinfo = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
-    flags = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
-             if f in cpuinfo]  # fmt: skip
     print(f"# engines, 640x480 frame, {machine()}, native bf16: {native_bf16}, CPU flags: {' '.join(flags)}")
     if skipped:
         print(f"skipped (no native bf16 on this CPU): {', '.join(skipped)}")

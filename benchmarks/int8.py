@@ -24,21 +24,13 @@ import cv2
 import numpy as np
 import openvino as ov
 import torch
-from common import VIDEO, machine
+from common import VIDEO, cpu_flags, machine
 
 from detector import load_config
 from detector.engines.export import export_model, weights_sha256
 from detector.engines.openvino_engine import OpenVINOEngine, cpu_has_bf16
 from detector.engines.quantize import fidelity, quantize_openvino, read_calibration
 from detector.models import build_model
-
-FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
-
-
-def cpu_flags() -> str:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    words = set(text.split())
-    return " ".join(f for f in FLAGS if f in words) or "unknown"
 
 
 def warm(engine: OpenVINOEngine, x: torch.Tensor, tries: int = 20) -> int:
@@ -94,7 +86,7 @@ def main() -> None:
     core = ov.Core()
     bf16 = cpu_has_bf16(core)
     print(f"# int8 (NNCF) vs bf16 vs f32 on OpenVINO {ov.get_version()}, {machine()}")
-    print(f"# CPU flags: {cpu_flags()}; OpenVINO capabilities: "
+    print(f"# CPU flags: {' '.join(cpu_flags()) or 'unknown'}; OpenVINO capabilities: "
           f"{', '.join(core.get_property('CPU', 'OPTIMIZATION_CAPABILITIES'))}")  # fmt: skip
     coco_ap(args.models, args.size)
     print("# weights for timing and fidelity: random (seed 0)")
