@@ -12,28 +12,16 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import pytest
 
 import detector
 from detector import multi_run
 from detector.cli import main
 
-from .conftest import ROOT
+from .conftest import ROOT, frames_in
 from .stream_server import MjpegServer, jpeg_frames
 
 MODEL = ["--model", "d2go"]
-
-
-def frame_count(path: Path) -> int:
-    cap = cv2.VideoCapture(str(path))
-    try:
-        n = 0
-        while cap.read()[0]:
-            n += 1
-        return n
-    finally:
-        cap.release()
 
 
 def lines(path: Path) -> list[dict]:
@@ -54,7 +42,7 @@ def test_two_videos_give_one_video_and_one_jsonl_each(videos: tuple[Path, ...], 
     assert sorted(p.name for p in out.iterdir()) == ["a.jsonl", "a.mp4", "b.jsonl", "b.mp4"]
     for name in ("a", "b"):
         records = lines(out / f"{name}.jsonl")
-        assert len(records) == 3 == frame_count(out / f"{name}.mp4")  # --max-frames counts per source
+        assert len(records) == 3 == frames_in(out / f"{name}.mp4")  # --max-frames counts per source
         assert {r["source"] for r in records} == {name}
         assert [r["frame"] for r in records] == [0, 1, 2]
 
@@ -75,7 +63,7 @@ def test_sources_file_names_comments_and_refused_sources(
     assert main(["-q", "run", "--sources", str(listing), "--out", str(out), *MODEL, "--max-frames", "2"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["b.jsonl", "b.mp4", "door.jsonl", "door.mp4"]
     assert {r["source"] for r in lines(out / "door.jsonl")} == {"door"}
-    assert len(lines(out / "b.jsonl")) == 2 == frame_count(out / "b.mp4")
+    assert len(lines(out / "b.jsonl")) == 2 == frames_in(out / "b.mp4")
     captured = capsys.readouterr()
     assert "gone: no frame" in captured.err and "yard: no frame" in captured.err
     assert "secret" not in captured.out + captured.err
@@ -110,8 +98,8 @@ def test_sigterm_with_three_sources_keeps_every_output_complete(videos: tuple[Pa
     assert sorted(p.name for p in out.iterdir()) == ["a.jsonl", "a.mp4", "b.jsonl", "b.mp4", "cam.jsonl", "cam.mp4"]
     for name in ("a", "b"):
         n = len(lines(out / f"{name}.jsonl"))
-        assert n >= 1 and frame_count(out / f"{name}.mp4") == n
-    assert frame_count(out / "cam.mp4") >= len(lines(out / "cam.jsonl")) >= 1  # a live recording keeps its timing
+        assert n >= 1 and frames_in(out / f"{name}.mp4") == n
+    assert frames_in(out / "cam.mp4") >= len(lines(out / "cam.jsonl")) >= 1  # a live recording keeps its timing
     assert {r["source"] for r in lines(out / "cam.jsonl")} == {"cam"}
 
 
@@ -153,4 +141,4 @@ def test_one_source_gives_exactly_todays_outputs(videos: tuple[Path, ...], tmp_p
         assert sorted(p.name for p in (tmp_path / which).iterdir()) == ["a.jsonl", "a.mp4"]
     assert (tmp_path / "cli" / "a.jsonl").read_text() == (tmp_path / "api" / "a.jsonl").read_text()
     assert "source" not in lines(tmp_path / "cli" / "a.jsonl")[0]
-    assert frame_count(tmp_path / "cli" / "a.mp4") == frame_count(tmp_path / "api" / "a.mp4") == 3
+    assert frames_in(tmp_path / "cli" / "a.mp4") == frames_in(tmp_path / "api" / "a.mp4") == 3

@@ -141,8 +141,7 @@ class Batcher:
             return self.deadline
         now = time.perf_counter()
         # the measured rate where there is one: a stream's header may say anything (MJPEG over HTTP says 25)
-        rates = [s.input_fps(now) or s.fps for s in self.slots.values() if s.running]
-        rates = [r for r in rates if r]
+        rates: list[float] = [r for s in self.slots.values() if s.running and (r := s.input_fps(now) or s.fps)]
         if not rates:
             return DEFAULT_DEADLINE_S
         return min(MAX_DEADLINE_S, max(MIN_DEADLINE_S, 1.0 / max(rates)))
