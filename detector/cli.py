@@ -125,7 +125,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_gui()
     stats_path = Path(args.stats) if args.stats not in (None, "-") else None
     if args.sources is not None or len(args.source) > 1:
-        return _run_many(args, cfg, stats_path)
+        return _run_many(args, cfg, stats_path, serve_token)
     args.source = args.source[0] if args.source else None
     from .folder_run import many_inputs
 
@@ -168,7 +168,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_many(args: argparse.Namespace, cfg: DetectorConfig, stats_path: Path | None) -> int:
+def _run_many(args: argparse.Namespace, cfg: DetectorConfig, stats_path: Path | None, serve_token: str | None) -> int:
     """Several sources (``SRC1 SRC2 ...`` or ``--sources FILE``) through one model, outputs per source."""
     from .multi_run import (
         check_entries,
@@ -186,16 +186,14 @@ def _run_many(args: argparse.Namespace, cfg: DetectorConfig, stats_path: Path | 
     if args.sources is not None:
         entries += read_sources_file(args.sources)
     check_entries(entries)
-    if args.serve is not None or args.show:
-        raise DetectorError(
-            "--serve and --show watch one source; the browser grid for several sources is not built yet: "
-            "drop them, or run one source at a time to watch it"
-        )
+    if args.show:
+        raise DetectorError("--show watches one source; several sources show in a browser grid: use --serve PORT")
     if args.batch_size is not None or args.detect_threads is not None:
         raise DetectorError("--batch-size and --detect-threads are for one file or folder; several sources are "
                             "batched across sources, one newest frame each")  # fmt: skip
     sources = [(e.name, e.spec, None if e.live else Path(e.spec).expanduser()) for e in entries]
-    plan = plan_multi_outputs(sources, args.out, args.json, stats=stats_path, codec=args.codec)
+    plan = plan_multi_outputs(sources, args.out, args.json, stats=stats_path, codec=args.codec,
+                              live_view=args.serve is not None)  # fmt: skip
     opened = open_files(plan, stride=args.stride or 1, start=args.start or 0, end=args.end)
     try:
         detector = Detector.from_config(cfg, progress=not args.quiet)
@@ -210,7 +208,8 @@ def _run_many(args: argparse.Namespace, cfg: DetectorConfig, stats_path: Path | 
     before = {p: _file_state(p) for p in outputs}
     try:
         result = run_many(detector, plan, opened, max_frames=args.max_frames, hud=args.hud, codec=args.codec,
-                          announce=None if args.quiet else print)  # fmt: skip
+                          announce=None if args.quiet else print, serve=args.serve, serve_token=serve_token,
+                          max_viewers=args.max_viewers)  # fmt: skip
     except Interrupted as exc:
         changed = [str(p) for p in outputs if _file_state(p) != before[p]]
         exc.detail = f"; the frames processed so far are in {', '.join(changed)}" if changed else (
@@ -497,7 +496,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="files and folders: batches detected at once, each in a thread and CUDA stream of its "
                    "own (default 1; 2 kept an H100 busier with the Faster R-CNNs, +3-28%%)")  # fmt: skip
     p.add_argument(
-        "--serve", metavar="[HOST:]PORT", help="browser live view (MJPEG over HTTP), bound to 127.0.0.1 by default"
+        "--serve",
+        metavar="[HOST:]PORT",
+        help="browser live view (MJPEG over HTTP; a grid of tiles with several sources), bound to 127.0.0.1 by default",
     )
     p.add_argument("--serve-token", metavar="TOKEN",
                    help="access token for --serve (default: $DETECTOR_SERVE_TOKEN, else a random one, printed "

@@ -3,8 +3,11 @@ video files through one model (:func:`~detector.pipeline.multi.multi_stream`, cr
 batching), with one annotated video and one JSON Lines file per source.
 
 Each source's files open when its first frame arrives (size and rate from
-``MultiStream.info(name)``); drawing and writing run in a thread per source
-(:class:`~detector.io.offthread.OffThreadSink`), so a slow sink never slows detection. Outputs
+``MultiStream.info(name)``); drawing, writing and (with ``serve``) JPEG-encoding for the browser
+grid run in a thread per source (:class:`~detector.io.offthread.OffThreadSink`), so a slow sink
+never slows detection. The grid's per-source state (connecting, running, reconnecting, ended,
+failed), rates, drops, frame age and last error come from ``MultiStream.health()``, refreshed a few
+times a second whether frames come or not, so a stalled tile says so. Outputs
 are planned once, before any work (:func:`detector.planning.plan_multi_outputs`), and finalised
 and renamed into place on any end, a stop signal included.
 """
@@ -157,6 +160,38 @@ class _Render:
             self.hud.draw(frame.image, frame.index, (time.perf_counter() - frame.captured_at) * 1000)
 
 
+class _Tile:
+    """Publishes a source's annotated frames to its tile of the browser grid."""
+
+    def __init__(self, view: Any, name: str) -> None:
+        self.view, self.name = view, name
+
+    def write(self, frame: Frame, detections: Detections) -> None:
+        latency = (time.perf_counter() - frame.captured_at) * 1000
+        self.view.write(frame.image, {"frame": frame.index, "latency_ms": round(latency, 1),
+                                      "detections": len(detections)}, self.name)  # fmt: skip
+
+
+def _open_view(
+    stack: contextlib.ExitStack,
+    plan: MultiPlan,
+    title: str,
+    serve: str | None,
+    token: str | None,
+    max_viewers: int,
+) -> Any:
+    """The browser grid (a tile per source of ``plan``), or None without ``serve``; closed with ``stack``."""
+    if serve is None:
+        return None
+    from .io.browser import BrowserSink, parse_address
+
+    names = [item.name for item in plan.items]
+    view = stack.enter_context(BrowserSink(*parse_address(serve), title=f"detector: {title}", token=token,
+                                           max_viewers=max_viewers, sources=names))  # fmt: skip
+    print(f"live view: {view.view_url}", flush=True)  # even with -q: the address (and token) to open
+    return view
+
+
 class _SourceJsonl(JsonlSink):
     """A JSON Lines file whose every line says which source it is: ``{"source": name, "frame", ...}``."""
 
@@ -224,9 +259,13 @@ def run_many(
     hud: bool = False,
     codec: str = "auto",
     announce: Callable[[str], object] | None = None,
+    serve: str | None = None,
+    serve_token: str | None = None,
+    max_viewers: int = 32,
 ) -> MultiRunResult:
     """Detect on every source of ``plan`` through one model; files in ``opened`` (from
-    :func:`open_files`: a source, or why it could not be opened) are closed here."""
+    :func:`open_files`: a source, or why it could not be opened) are closed here. ``serve``
+    (``[HOST:]PORT``) shows every source in a browser grid (see :class:`~detector.io.browser.BrowserSink`)."""
     start = time.perf_counter()
     results = {item.name: SourceResult(item.name) for item in plan.items}
     specs: dict[str, Any] = {}
@@ -246,6 +285,11 @@ def run_many(
     health: dict[str, dict[str, Any]] = {}
     try:
         with contextlib.ExitStack() as stack:
+            view = _open_view(stack, plan, detector.name, serve, serve_token, max_viewers)
+            if view is not None:
+                for name, result in results.items():
+                    if result.error is not None:
+                        view.update({"state": "failed", "last_error": result.error}, name)
             stream = stack.enter_context(multi_stream(detector, specs))
 
             def done(name: str, states: dict[str, dict[str, Any]], now: float) -> bool:
@@ -263,8 +307,11 @@ def run_many(
 
             finished = threading.Event()
 
-            def watch() -> None:  # ends a run blocked on a camera or stream that never comes
+            def watch() -> None:  # refreshes the grid's health; ends a run blocked on a source that never comes
                 while not finished.wait(0.2):
+                    if view is not None:
+                        for name, state in stream.health().items():
+                            view.update(state, name)
                     if max_frames is not None and all_done():
                         stream.close()
                         return
@@ -277,13 +324,17 @@ def run_many(
             def open_writer(name: str) -> OffThreadSink:
                 info = stream.info(name)
                 item = items[name]
-                assert info is not None and info.width and info.height and item.out is not None
-                stride = getattr(getattr(specs[name], "source", None), "stride", 1)
-                fps = (info.fps or 30.0) / max(1, stride)  # a strided video keeps its duration
-                video = VideoFileSink(item.out, fps, (info.width, info.height), timed=name in live, codec=codec)
-                (announce or log.info)(f"video: {video.codec_info} -> {item.out}")
-                stack.enter_context(video)
-                sinks: list[Any] = [_Render(Hud(detector.name) if hud else None), video]
+                assert info is not None and info.width and info.height
+                sinks: list[Any] = [_Render(Hud(detector.name) if hud else None)]
+                if item.out is not None:
+                    stride = getattr(getattr(specs[name], "source", None), "stride", 1)
+                    fps = (info.fps or 30.0) / max(1, stride)  # a strided video keeps its duration
+                    video = VideoFileSink(item.out, fps, (info.width, info.height), timed=name in live, codec=codec)
+                    (announce or log.info)(f"video: {video.codec_info} -> {item.out}")
+                    stack.enter_context(video)
+                    sinks.append(video)
+                if view is not None:
+                    sinks.append(_Tile(view, name))
                 if item.json is not None:
                     sinks.append(stack.enter_context(_SourceJsonl(item.json, name)))
                 writer = OffThreadSink(*sinks, name=f"detector-encode-{name}")

@@ -234,13 +234,15 @@ def plan_multi_outputs(
     *,
     stats: Path | None = None,
     codec: str = "auto",
+    live_view: bool = False,
 ) -> MultiPlan:
     """The outputs of several sources ``(name, spec, input file or None for a live one)``, checked,
     with their folders created, under the rules of :func:`plan_outputs`; nothing is written yet.
 
     With ``out`` (a folder): ``out/<name>.mp4`` and ``out/<name>.jsonl`` per source. Without it, a
     file source writes ``runs/<name>.mp4`` + ``.jsonl`` under free (numbered) names; a live source
-    writes only what is asked, so it needs ``out``. Names must be distinct (the caller's to check)."""
+    writes only what is asked, so it needs ``out`` or a ``live_view`` (then it writes nothing).
+    Names must be distinct (the caller's to check)."""
     if json_path is not None:
         raise SinkError(
             f"--json {json_path} names one file, but several sources get one <name>.jsonl each, "
@@ -253,7 +255,13 @@ def plan_multi_outputs(
         if out is not None:
             media, jsonl = out / f"{name}.mp4", out / f"{name}.jsonl"
         elif path is None:
-            raise SinkError(f"live source {name}: nothing to do; add --out DIR (one <name>.mp4 + .jsonl per source)")
+            if not live_view:
+                raise SinkError(
+                    f"live source {name}: nothing to do; add --out DIR (one <name>.mp4 + .jsonl per source) "
+                    "or --serve PORT (a browser grid)"
+                )
+            items.append(SourceOutputs(name, spec, path, None, None))
+            continue
         else:
             media, jsonl = _free_defaults(DEFAULT_OUT_DIR / f"{name}.mp4", None)
         items.append(SourceOutputs(name, spec, path, media, jsonl))

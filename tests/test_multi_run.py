@@ -110,7 +110,7 @@ def test_sigterm_with_three_sources_keeps_every_output_complete(videos: tuple[Pa
         (["{a}", "{b}", "--out", "{tmp}"], "would overwrite the input"),
         (["{a}", "{b}", "--json", "{tmp}/x.jsonl"], "--json"),
         (["{a}", "{tmp}"], "run it alone"),
-        (["{a}", "{b}", "--serve", "8080"], "browser grid for several sources is not built yet"),
+        (["{a}", "{b}", "--batch-size", "2"], "batched across sources"),
         (["{a}", "0"], "nothing to do"),
     ],
 )

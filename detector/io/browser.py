@@ -15,6 +15,7 @@ rules live in :mod:`.view_access`, the server in :mod:`.view_server`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import cv2
@@ -55,6 +56,10 @@ class BrowserSink(Closeable):
     """Serves ``/`` (page), ``/stream.mjpg``, ``/frame.jpg`` and ``/stats.json`` (and the page's
     ``/view.js`` and ``/view.css``) on ``host:port`` until closed.
 
+    ``sources``: names of several sources, for a grid: ``/`` shows a tile per source, each source has
+    ``/stream/<name>.mjpg`` and ``/frame/<name>.jpg``, ``/stats.json`` holds ``{"sources": {name: ...}}``,
+    and :meth:`write` and :meth:`update` take the source's name.
+
     ``token``: None for a random one when ``host`` is not loopback (none on loopback), ``"none"``
     for no token, or the token to require. ``max_viewers`` caps concurrent streams. ``timeout``: the
     seconds a connection has to send a whole request head, and the longest a stream write may stall.
@@ -70,11 +75,13 @@ class BrowserSink(Closeable):
         token: str | None = None,
         max_viewers: int = DEFAULT_MAX_VIEWERS,
         timeout: float = DEFAULT_TIMEOUT,
+        sources: Sequence[str] | None = None,
     ) -> None:
         self.title, self.quality, self.max_viewers, self.timeout = title, quality, max_viewers, timeout
         self.token = access_token(host, token)
         self.server = LiveViewServer(host, port, token=self.token, check_host=self.token is None and is_loopback(host),
-                                     title=title, max_viewers=max_viewers, timeout=timeout)  # fmt: skip
+                                     title=title, max_viewers=max_viewers, timeout=timeout,
+                                     sources=sources)  # fmt: skip
         self.host, self.port = self.server.host, self.server.port
 
     @property
@@ -104,15 +111,21 @@ class BrowserSink(Closeable):
 
     @property
     def stats(self) -> dict[str, Any]:
-        """The stats last published, as ``/stats.json`` shows them (without the viewer count)."""
+        """The stats last published, as ``/stats.json`` shows them (without the viewer count); per source on a grid."""
+        if self.server.grid:
+            return {"sources": {name: slot.stats for name, slot in self.server.slots.items()}}
         return self.server.frames.stats
 
-    def write(self, frame: np.ndarray, stats: dict[str, Any] | None = None) -> None:
-        """Publish a frame; never blocks on viewers."""
+    def write(self, frame: np.ndarray, stats: dict[str, Any] | None = None, source: str | None = None) -> None:
+        """Publish a frame (of ``source`` on a grid); never blocks on viewers."""
         ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
         if not ok:
             raise SinkError("cannot encode the frame as JPEG")
-        self.server.publish(buf.tobytes(), stats)
+        self.server.publish(buf.tobytes(), stats, source)
+
+    def update(self, stats: dict[str, Any], source: str | None = None) -> None:
+        """Merge ``stats`` (e.g. a source's health) into ``/stats.json`` without a frame."""
+        self.server.update(stats, source)
 
     def close(self) -> None:
         """Stop the server; safe to call twice."""

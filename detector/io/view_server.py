@@ -12,6 +12,9 @@ of them can use up anything a real viewer needs:
   shows the token (or, on a token-free loopback view, one loopback Host header) before it takes a slot.
 - Every viewer sends the newest frame it has not sent yet, and a write that stalls for ``timeout`` seconds
   drops that viewer: a slow viewer skips frames and never holds up the pipeline or the other viewers.
+- Several sources (``sources=[...]``): a frame slot per source, ``/stream/<name>.mjpg`` and
+  ``/frame/<name>.jpg`` per source, and the grid page, fed by ``/grid.mjpg``, which sends each source's newest
+  frame not yet sent, each part naming its source. The viewer cap counts every stream, of any kind.
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ import concurrent.futures
 import html
 import json
 import logging
+import re
 import socket
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from http import HTTPStatus
 from typing import Any
 
@@ -37,7 +42,19 @@ from aiohttp.web_protocol import ERROR as UNPARSED
 
 from ..errors import SinkError
 from .view_access import Access, bind_socket, redact
-from .view_page import BOUNDARY, PAGE, SCRIPT, SECURITY_HEADERS, SERVER_NAME, STYLE, part_head
+from .view_page import (
+    BOUNDARY,
+    GRID_PAGE,
+    GRID_SCRIPT,
+    GRID_STYLE,
+    GRID_TILE,
+    PAGE,
+    SCRIPT,
+    SECURITY_HEADERS,
+    SERVER_NAME,
+    STYLE,
+    part_head,
+)
 
 log = logging.getLogger(__name__)
 DEFAULT_MAX_VIEWERS = 32
@@ -49,6 +66,8 @@ START_TIMEOUT_S = 10.0
 _BAD_METHOD: type[Exception] | tuple[()] = getattr(http_exceptions, "BadHttpMethod", ())  # older aiohttp: 400
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+"""A source's name on the grid: it is part of its URLs (``/stream/<name>.mjpg``) and of the page."""
 
 
 def plain(status: HTTPStatus, text: str, *extra: tuple[str, str], close: bool = False) -> web.Response:
@@ -78,7 +97,8 @@ class FrameSlot:
     One slot, not a queue: a reader asks for a frame newer than the one it has, and gets the newest.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_wake: Callable[[], None] | None = None) -> None:
+        self._on_wake = on_wake  # called on the loop after every wake (the grid's stream waits on any slot)
         self._lock = threading.Lock()
         self._seq = 0
         self._jpeg: bytes | None = None
@@ -113,6 +133,18 @@ class FrameSlot:
         if self._changed is not None:
             changed, self._changed = self._changed, asyncio.Event()
             changed.set()
+        if self._on_wake is not None:
+            self._on_wake()
+
+    def update(self, stats: dict[str, Any]) -> None:
+        """Merge ``stats`` without a new frame (a source's health, which changes when no frame comes)."""
+        with self._lock:
+            self._stats.update(stats)
+
+    def latest(self) -> tuple[int, bytes | None]:
+        """The newest frame as (seq, jpeg or None), without waiting."""
+        with self._lock:
+            return self._seq, self._jpeg
 
     def close(self) -> None:
         """On the loop: readers waiting now, or later, return at once."""
@@ -270,11 +302,20 @@ class LiveViewServer:
         max_viewers: int = DEFAULT_MAX_VIEWERS,
         timeout: float = DEFAULT_TIMEOUT,
         max_waiting: int = MAX_WAITING,
+        sources: Sequence[str] | None = None,
     ) -> None:
         if max_viewers < 1:
             raise SinkError(f"--max-viewers must be at least 1, got {max_viewers}")
         self.title, self.max_viewers, self.timeout, self.max_waiting = title, max_viewers, timeout, max_waiting
-        self.frames = FrameSlot()
+        self.grid = sources is not None
+        names = list(sources) if sources is not None else [""]
+        bad = [n for n in names if self.grid and not SOURCE_NAME.match(n)]
+        if bad or not names or len(set(names)) != len(names):
+            raise SinkError(f"live view: source names must be distinct and match {SOURCE_NAME.pattern}, got {names}")
+        self.slots = {name: FrameSlot(self._any_wake) for name in names}
+        self.frames = self.slots[names[0]]
+        """The (first) source's slot: a single-source view has only this one."""
+        self._any_changed: asyncio.Event | None = None
         self.viewers = 0
         self._warned_at: dict[str, float] = {}
         self._connections: _Connections | None = None
@@ -285,8 +326,17 @@ class LiveViewServer:
         self.access = Access(token, port=self.port, check_host=check_host)
         self._routes: dict[str, Handler] = {
             "/": self._page, "/index.html": self._page, "/view.js": self._script, "/view.css": self._style,
-            "/stats.json": self._stats, "/frame.jpg": self._frame, "/stream.mjpg": self._stream,
+            "/stats.json": self._stats,
         }  # fmt: skip
+        if self.grid:
+            self._routes["/grid.js"] = self._grid_script
+            self._routes["/grid.mjpg"] = self._grid_stream
+            for name, slot in self.slots.items():
+                self._routes[f"/stream/{name}.mjpg"] = partial(self._stream, slot=slot)
+                self._routes[f"/frame/{name}.jpg"] = partial(self._frame, slot=slot)
+        else:
+            self._routes["/stream.mjpg"] = partial(self._stream, slot=self.frames)
+            self._routes["/frame.jpg"] = partial(self._frame, slot=self.frames)
         started: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._thread = threading.Thread(target=self._run, args=(sock, started), name="detector-http", daemon=True)
         self._thread.start()
@@ -301,9 +351,26 @@ class LiveViewServer:
         """Open TCP connections, whatever they are doing."""
         return len(self._connections.open) if self._connections is not None else 0
 
-    def publish(self, jpeg: bytes, stats: dict[str, Any] | None = None) -> None:
-        """Make ``jpeg`` the newest frame (from any thread); never waits for viewers."""
-        self.frames.publish(jpeg, stats)
+    def publish(self, jpeg: bytes, stats: dict[str, Any] | None = None, source: str | None = None) -> None:
+        """Make ``jpeg`` the newest frame (of ``source`` on a grid) from any thread; never waits for viewers."""
+        self._slot(source).publish(jpeg, stats)
+
+    def update(self, stats: dict[str, Any], source: str | None = None) -> None:
+        """Merge ``stats`` into what ``/stats.json`` shows (for ``source`` on a grid), without a frame."""
+        self._slot(source).update(stats)
+
+    def _slot(self, source: str | None) -> FrameSlot:
+        if source is None and not self.grid:
+            return self.frames
+        if source is None or source not in self.slots or not self.grid:
+            raise KeyError(f"live view: no source {source!r} (it serves {sorted(self.slots)})")
+        return self.slots[source]
+
+    def _any_wake(self) -> None:
+        """On the loop, after any slot's wake: the grid's streams wait on this."""
+        if self._any_changed is not None:
+            changed, self._any_changed = self._any_changed, asyncio.Event()
+            changed.set()
 
     def close(self) -> None:
         """Stop serving: every connection is dropped, the loop ends and its thread is joined."""
@@ -341,7 +408,9 @@ class LiveViewServer:
     async def _serve(self, sock: socket.socket, started: concurrent.futures.Future[None]) -> None:
         loop = self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        self.frames.attach(loop)
+        self._any_changed = asyncio.Event()
+        for slot in self.slots.values():
+            slot.attach(loop)
         self._connections = _Connections(
             self._handle,
             timeout=self.timeout,
@@ -357,7 +426,8 @@ class LiveViewServer:
             started.set_result(None)
             await self._stop.wait()
         finally:
-            self.frames.close()  # streams end their loops
+            for slot in self.slots.values():
+                slot.close()  # streams end their loops
             if sweeper is not None:
                 sweeper.cancel()
             self._connections.abort_all()
@@ -393,25 +463,75 @@ class LiveViewServer:
 
     async def _page(self, request: web.BaseRequest) -> web.StreamResponse:
         extra = (("Set-Cookie", self.access.cookie()),) if self.access.token and "token" in request.query else ()
-        return respond(PAGE.format(title=html.escape(self.title)).encode(), "text/html; charset=utf-8", *extra)
+        title = html.escape(self.title)
+        if self.grid:
+            tiles = "\n".join(GRID_TILE.format(name=html.escape(name)) for name in self.slots)
+            page = GRID_PAGE.format(title=title, tiles=tiles)
+        else:
+            page = PAGE.format(title=title)
+        return respond(page.encode(), "text/html; charset=utf-8", *extra)
 
     async def _script(self, request: web.BaseRequest) -> web.StreamResponse:
         return respond(SCRIPT.encode(), "text/javascript; charset=utf-8")
 
+    async def _grid_script(self, request: web.BaseRequest) -> web.StreamResponse:
+        return respond(GRID_SCRIPT.encode(), "text/javascript; charset=utf-8")
+
     async def _style(self, request: web.BaseRequest) -> web.StreamResponse:
-        return respond(STYLE.encode(), "text/css; charset=utf-8")
+        return respond((STYLE + GRID_STYLE if self.grid else STYLE).encode(), "text/css; charset=utf-8")
 
     async def _stats(self, request: web.BaseRequest) -> web.StreamResponse:
-        return respond(json.dumps({**self.frames.stats, "viewers": self.viewers}).encode(), "application/json")
+        if self.grid:
+            stats: dict[str, Any] = {"sources": {name: slot.stats for name, slot in self.slots.items()}}
+        else:
+            stats = self.frames.stats
+        return respond(json.dumps({**stats, "viewers": self.viewers}).encode(), "application/json")
 
-    async def _frame(self, request: web.BaseRequest) -> web.StreamResponse:
-        jpeg = (await self.frames.newer_than(-1, FRAME_WAIT_S))[1]
+    async def _frame(self, request: web.BaseRequest, slot: FrameSlot) -> web.StreamResponse:
+        jpeg = (await slot.newer_than(-1, FRAME_WAIT_S))[1]
         if jpeg is None:
             return plain(HTTPStatus.SERVICE_UNAVAILABLE, "no frame yet\n")
         return respond(jpeg, "image/jpeg")
 
-    async def _stream(self, request: web.BaseRequest) -> web.StreamResponse:
-        """MJPEG: the newest frame not yet sent, each time the previous one is written."""
+    async def _stream(self, request: web.BaseRequest, slot: FrameSlot) -> web.StreamResponse:
+        """MJPEG of one source: the newest frame not yet sent, each time the previous one is written."""
+
+        async def parts(seq: int) -> tuple[int, list[tuple[str | None, bytes]]]:
+            seq, jpeg = await slot.newer_than(seq, timeout=1.0)
+            return seq, [] if jpeg is None else [(None, jpeg)]
+
+        return await self._serve_stream(request, parts, -1)
+
+    async def _grid_stream(self, request: web.BaseRequest) -> web.StreamResponse:
+        """MJPEG of every source on one connection: each source's newest frame not yet sent, each part naming
+        its source (``X-Source``); waits for any source's next frame when all were sent."""
+        sent = dict.fromkeys(self.slots, 0)
+
+        async def parts(_: int) -> tuple[int, list[tuple[str | None, bytes]]]:
+            changed = self._any_changed  # taken before looking, so a frame published meanwhile wakes us
+            out: list[tuple[str | None, bytes]] = []
+            for name, slot in self.slots.items():
+                seq, jpeg = slot.latest()
+                if seq > sent[name] and jpeg is not None:
+                    sent[name] = seq
+                    out.append((name, jpeg))
+            if not out and changed is not None:
+                try:
+                    await asyncio.wait_for(changed.wait(), 1.0)
+                except asyncio.TimeoutError:
+                    pass
+            return 0, out
+
+        return await self._serve_stream(request, parts, 0)
+
+    async def _serve_stream(
+        self,
+        request: web.BaseRequest,
+        parts: Callable[[int], Awaitable[tuple[int, list[tuple[str | None, bytes]]]]],
+        seq: int,
+    ) -> web.StreamResponse:
+        """A multipart/x-mixed-replace response writing what ``parts`` gives until the view closes; one viewer
+        slot while it lasts (503 when all are taken); a write that stalls ``timeout`` s drops the viewer."""
         if self.viewers >= self.max_viewers:
             self.warn_full(f"{self.max_viewers} viewers")
             text = f"this live view has its {self.max_viewers} viewers; try again later\n"
@@ -426,13 +546,13 @@ class LiveViewServer:
                 await resp.prepare(request)
             except ConnectionError:
                 return resp
-            seq = -1
             while not self.frames.closed:
-                seq, jpeg = await self.frames.newer_than(seq, timeout=1.0)
-                if jpeg is None:
+                seq, ready = await parts(seq)
+                if not ready:
                     continue
+                data = b"".join(part_head(len(jpeg), name) + jpeg + b"\r\n" for name, jpeg in ready)
                 try:
-                    await asyncio.wait_for(resp.write(part_head(len(jpeg)) + jpeg + b"\r\n"), self.timeout)
+                    await asyncio.wait_for(resp.write(data), self.timeout)
                 except ConnectionError:  # the viewer went away
                     break
                 except asyncio.TimeoutError:
