@@ -12,6 +12,7 @@ import gc
 import hmac
 import http.client
 import itertools
+import json
 import logging
 import os
 import select
@@ -617,3 +618,103 @@ def test_cli_token_from_the_environment_and_bad_tokens(
     assert len(urls) == 1 and urls[0].startswith("live view: http://127.0.0.1:")
     assert urls[0].endswith(f"/?token={TOKEN}")
     assert out.count(TOKEN) == 1 and TOKEN not in err, "the token is printed once, in the URL, and nowhere else"
+
+
+class GridPublisher:
+    """Feeds every source of a grid BrowserSink its own frames (source i's pixels are i * 60)."""
+
+    def __init__(self, sink: BrowserSink, names: list[str], fps: float = 20.0) -> None:
+        self.sink, self.names, self.period = sink, names, 1.0 / fps
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+        self.thread.start()
+
+    def loop(self) -> None:
+        i = 0
+        while not self.stop.is_set():
+            for k, name in enumerate(self.names):
+                self.sink.write(np.full((48, 64, 3), k * 60, np.uint8), {"frame": i}, name)
+            i += 1
+            self.stop.wait(self.period)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+
+def read_parts(port: int, path: str, n: int) -> list[tuple[dict[str, str], bytes]]:
+    """The first ``n`` parts of a multipart stream, as (part headers, JPEG bytes)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        assert resp.status == 200, resp.read()
+        parts = []
+        while len(parts) < n:
+            line = resp.fp.readline()
+            if line.strip() != f"--{BOUNDARY}".encode():
+                continue
+            headers = {}
+            while (line := resp.fp.readline().strip()) != b"":
+                key, _, value = line.decode().partition(":")
+                headers[key.strip().lower()] = value.strip()
+            parts.append((headers, resp.fp.read(int(headers["content-length"]))))
+        return parts
+    finally:
+        conn.close()
+
+
+def test_a_grid_serves_each_source_and_guards_every_stream_alike() -> None:
+    import cv2
+
+    names = ["door", "yard", "gate"]
+    sink = BrowserSink("127.0.0.1", 0, token=TOKEN, timeout=2.0, max_viewers=3, sources=names)
+    pub = GridPublisher(sink, names)
+    try:
+        q = f"?token={TOKEN}"
+        # the token is needed for every source's stream and frame, as for a single view
+        for path in ("/grid.mjpg", "/stream/door.mjpg", "/frame/yard.jpg", "/stats.json", "/grid.js"):
+            assert get(sink, path)[0] == 401, path
+        assert get(sink, "/stream/nobody.mjpg" + q)[0] == 404
+        assert get(sink, "/stream.mjpg" + q)[0] == 404, "a grid has no unnamed stream"
+        status, _, page = get(sink, "/" + q)
+        assert status == 200 and all(f'data-source="{n}"' in page.decode() for n in names)
+        # the grid's one stream carries every source, each part naming it, with that source's own frame
+        parts = read_parts(sink.port, "/grid.mjpg" + q, 12)
+        seen = {}
+        for headers, jpeg in parts:
+            image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+            seen[headers["x-source"]] = float(image.mean())
+        assert set(seen) == set(names)
+        for k, name in enumerate(names):
+            assert abs(seen[name] - k * 60) < 3, (name, seen[name])
+        # a source's own stream has its frames only
+        for headers, jpeg in read_parts(sink.port, "/stream/gate.mjpg" + q, 3):
+            assert "x-source" not in headers
+            assert abs(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR).mean() - 120) < 3
+        # health without a frame, per source, in /stats.json
+        sink.update({"state": "reconnecting", "last_error": "<b>x</b>"}, "yard")
+        stats = json.loads(get(sink, "/stats.json" + q)[2])
+        assert set(stats["sources"]) == set(names) and stats["sources"]["yard"]["state"] == "reconnecting"
+        # the viewer cap counts streams of every kind together
+        held = []
+        for path in ("/grid.mjpg", "/stream/door.mjpg", "/stream/yard.mjpg"):
+            conn = http.client.HTTPConnection("127.0.0.1", sink.port, timeout=5)
+            conn.request("GET", path + q)
+            assert conn.getresponse().status == 200
+            held.append(conn)
+        assert wait_until(lambda: sink.viewers == 3, 5)
+        assert get(sink, "/stream/gate.mjpg" + q)[0] == 503
+        assert get(sink, "/grid.mjpg" + q)[0] == 503
+        for conn in held:
+            conn.close()
+        assert wait_until(lambda: sink.viewers == 0, 10), "streams give their slots back"
+    finally:
+        pub.close()
+        sink.close()
+
+
+def test_grid_source_names_are_checked() -> None:
+    for names in (["a", "a"], ["<script>"], ["../x"], []):
+        with pytest.raises(SinkError, match="source names"):
+            BrowserSink("127.0.0.1", 0, sources=names)
