@@ -15,12 +15,13 @@ and renamed into place on any end, a stop signal included.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from .io.sinks import JsonlSink, VideoFileSink
 from .io.sources import GLOB_CHARS, IMAGE_EXTS, STREAM_SCHEMES, VideoFileSource, open_source
 from .io.types import Frame
 from .pipeline.multi import multi_stream, redact_text
-from .planning import MultiPlan
+from .planning import MultiPlan, plan_multi_outputs
 from .predictor import Detector
 from .render import annotate
 from .render.hud import Hud
@@ -192,6 +193,65 @@ def _open_view(
     return view
 
 
+class _Forward:
+    """Hands a copy of a source's annotated frame, named after the source, to the user's sinks' thread."""
+
+    def __init__(self, user: OffThreadSink, name: str) -> None:
+        self.user, self.name = user, name
+
+    def write(self, frame: Frame, detections: Detections) -> None:
+        self.user.write(dataclasses.replace(frame, image=frame.image.copy(), name=self.name), detections)
+
+
+def _open_user_sinks(stack: contextlib.ExitStack, sinks: Sequence[Any]) -> OffThreadSink | None:
+    """The API's own sinks, entered (context managers) or closed at the end (``close()``), behind one thread."""
+    if not sinks:
+        return None
+    entered = []
+    for sink in sinks:
+        if isinstance(sink, contextlib.AbstractContextManager):
+            entered.append(stack.enter_context(sink))
+            continue
+        close = getattr(sink, "close", None)
+        if callable(close):
+            stack.callback(close)
+        entered.append(sink)
+    writer = OffThreadSink(*entered, name="detector-user-sinks")
+    stack.push(writer.__exit__)
+    return writer
+
+
+def run_sources(
+    detector: Detector,
+    sources: Mapping[str, str | Path | int] | Sequence[str | Path | int],
+    *,
+    sinks: Sequence[Any] | None = None,
+    out: Path | None = None,
+    serve: str | None = None,
+    serve_token: str | None = None,
+    max_viewers: int = 32,
+    hud: bool = False,
+    max_frames: int | None = None,
+    codec: str = "auto",
+    announce: Callable[[str], object] | None = None,
+) -> MultiRunResult:
+    """:func:`detector.run` over several sources: ``sources`` maps names to specs (a path, URL or camera
+    index), or lists specs (named as the CLI names them). With ``out`` (a folder), one video and one
+    JSON Lines file per source; without it, file sources write to ./runs/ unless ``sinks`` are given."""
+    if isinstance(sources, Mapping):
+        entries = [SourceEntry(str(name), str(spec), given=True) for name, spec in sources.items()]
+    else:
+        entries = [parse_entry(str(spec), where="source") for spec in sources]
+    if not entries:
+        raise DetectorError("no sources given")
+    check_entries(entries)
+    named = [(e.name, e.spec, None if e.live else Path(e.spec).expanduser()) for e in entries]
+    plan = plan_multi_outputs(named, out, None, codec=codec, live_view=serve is not None or sinks is not None,
+                              write_defaults=sinks is None)  # fmt: skip
+    return run_many(detector, plan, open_files(plan), max_frames=max_frames, hud=hud, codec=codec, announce=announce,
+                    serve=serve, serve_token=serve_token, max_viewers=max_viewers, sinks=sinks or ())  # fmt: skip
+
+
 class _SourceJsonl(JsonlSink):
     """A JSON Lines file whose every line says which source it is: ``{"source": name, "frame", ...}``."""
 
@@ -262,10 +322,13 @@ def run_many(
     serve: str | None = None,
     serve_token: str | None = None,
     max_viewers: int = 32,
+    sinks: Sequence[Any] = (),
 ) -> MultiRunResult:
     """Detect on every source of ``plan`` through one model; files in ``opened`` (from
     :func:`open_files`: a source, or why it could not be opened) are closed here. ``serve``
-    (``[HOST:]PORT``) shows every source in a browser grid (see :class:`~detector.io.browser.BrowserSink`)."""
+    (``[HOST:]PORT``) shows every source in a browser grid (see :class:`~detector.io.browser.BrowserSink`).
+    ``sinks`` (yours: ``write(frame, detections)``) get every source's annotated frames, one thread for
+    all of them, each frame a copy whose ``name`` is its source's name."""
     start = time.perf_counter()
     results = {item.name: SourceResult(item.name) for item in plan.items}
     specs: dict[str, Any] = {}
@@ -290,6 +353,7 @@ def run_many(
                 for name, result in results.items():
                     if result.error is not None:
                         view.update({"state": "failed", "last_error": result.error}, name)
+            user = _open_user_sinks(stack, sinks)
             stream = stack.enter_context(multi_stream(detector, specs))
 
             def done(name: str, states: dict[str, dict[str, Any]], now: float) -> bool:
@@ -325,19 +389,21 @@ def run_many(
                 info = stream.info(name)
                 item = items[name]
                 assert info is not None and info.width and info.height
-                sinks: list[Any] = [_Render(Hud(detector.name) if hud else None)]
+                writes: list[Any] = [_Render(Hud(detector.name) if hud else None)]
                 if item.out is not None:
                     stride = getattr(getattr(specs[name], "source", None), "stride", 1)
                     fps = (info.fps or 30.0) / max(1, stride)  # a strided video keeps its duration
                     video = VideoFileSink(item.out, fps, (info.width, info.height), timed=name in live, codec=codec)
                     (announce or log.info)(f"video: {video.codec_info} -> {item.out}")
                     stack.enter_context(video)
-                    sinks.append(video)
+                    writes.append(video)
                 if view is not None:
-                    sinks.append(_Tile(view, name))
+                    writes.append(_Tile(view, name))
+                if user is not None:
+                    writes.append(_Forward(user, name))
                 if item.json is not None:
-                    sinks.append(stack.enter_context(_SourceJsonl(item.json, name)))
-                writer = OffThreadSink(*sinks, name=f"detector-encode-{name}")
+                    writes.append(stack.enter_context(_SourceJsonl(item.json, name)))
+                writer = OffThreadSink(*writes, name=f"detector-encode-{name}")
                 stack.push(writer.__exit__)
                 return writer
 

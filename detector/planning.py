@@ -235,6 +235,7 @@ def plan_multi_outputs(
     stats: Path | None = None,
     codec: str = "auto",
     live_view: bool = False,
+    write_defaults: bool = True,
 ) -> MultiPlan:
     """The outputs of several sources ``(name, spec, input file or None for a live one)``, checked,
     with their folders created, under the rules of :func:`plan_outputs`; nothing is written yet.
@@ -242,6 +243,7 @@ def plan_multi_outputs(
     With ``out`` (a folder): ``out/<name>.mp4`` and ``out/<name>.jsonl`` per source. Without it, a
     file source writes ``runs/<name>.mp4`` + ``.jsonl`` under free (numbered) names; a live source
     writes only what is asked, so it needs ``out`` or a ``live_view`` (then it writes nothing).
+    ``write_defaults=False`` (the API given sinks of its own): without ``out``, nothing is written.
     Names must be distinct (the caller's to check)."""
     if json_path is not None:
         raise SinkError(
@@ -254,8 +256,8 @@ def plan_multi_outputs(
     for name, spec, path in sources:
         if out is not None:
             media, jsonl = out / f"{name}.mp4", out / f"{name}.jsonl"
-        elif path is None:
-            if not live_view:
+        elif path is None or not write_defaults:
+            if not live_view and write_defaults:
                 raise SinkError(
                     f"live source {name}: nothing to do; add --out DIR (one <name>.mp4 + .jsonl per source) "
                     "or --serve PORT (a browser grid)"

@@ -6,10 +6,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, cast, overload
 
 from tqdm import tqdm
 
@@ -19,12 +19,20 @@ from .io.offthread import OffThreadSink
 from .io.sinks import ImageSink, JsonlSink, VideoFileSink
 from .io.sources import ImageSource, VideoFileSource, open_source
 from .io.types import Frame
-from .pipeline import Stats, check_arguments, check_batch_memory, check_counts, run_pipeline
+from .pipeline import Stats, check_arguments, check_batch_memory, check_counts, run_pipeline, several_sources
 from .planning import DEFAULT_SOURCE, AnySource, OutputPlan, plan_outputs
 from .predictor import Detector
 from .render import annotate
 from .render.hud import Hud
 from .structures import Detections
+
+if TYPE_CHECKING:
+    from .multi_run import MultiRunResult
+
+SourceSpec = str | Path | int
+"""One of several sources given to :func:`run`: a path, URL or camera index."""
+Several = list[SourceSpec] | tuple[SourceSpec, ...] | Mapping[str, SourceSpec]
+"""Several sources: a list of specs, or names mapped to specs."""
 
 log = logging.getLogger(__name__)
 
@@ -133,9 +141,10 @@ class _NoBar:
         pass
 
 
+@overload
 def run(
     detector: Detector,
-    source: str | Path | AnySource = DEFAULT_SOURCE,
+    source: Several,
     *,
     sinks: Sequence[Sink] | None = None,
     out: Path | None = None,
@@ -152,9 +161,60 @@ def run(
     detect_threads: int | None = None,
     codec: str = "auto",
     announce: Callable[[str], object] | None = None,
-) -> RunResult:
+) -> MultiRunResult: ...
+
+
+@overload
+def run(
+    detector: Detector,
+    source: str | Path | AnySource = ...,
+    *,
+    sinks: Sequence[Sink] | None = None,
+    out: Path | None = None,
+    json: Path | None = None,
+    serve: str | None = None,
+    serve_token: str | None = None,
+    max_viewers: int = 32,
+    show: bool = False,
+    hud: bool = False,
+    max_frames: int | None = None,
+    progress: bool = True,
+    plan: OutputPlan | None = None,
+    batch_size: int | None = None,
+    detect_threads: int | None = None,
+    codec: str = "auto",
+    announce: Callable[[str], object] | None = None,
+) -> RunResult: ...
+
+
+def run(
+    detector: Detector,
+    source: str | Path | AnySource | Several = DEFAULT_SOURCE,
+    *,
+    sinks: Sequence[Sink] | None = None,
+    out: Path | None = None,
+    json: Path | None = None,
+    serve: str | None = None,
+    serve_token: str | None = None,
+    max_viewers: int = 32,
+    show: bool = False,
+    hud: bool = False,
+    max_frames: int | None = None,
+    progress: bool = True,
+    plan: OutputPlan | None = None,
+    batch_size: int | None = None,
+    detect_threads: int | None = None,
+    codec: str = "auto",
+    announce: Callable[[str], object] | None = None,
+) -> RunResult | MultiRunResult:
     """Run ``detector`` over a source (a spec, or an opened source, which this closes) and hand
     every annotated frame and its detections to each sink, in order.
+
+    Several sources -- a list of specs, or a dict of names to specs -- go through the model together
+    (:func:`detector.multi_run.run_sources`: batched across sources, a stalled one never delays the others):
+    ``out`` is then a folder (one ``<name>.mp4`` + ``<name>.jsonl`` each), ``serve`` shows a grid, ``sinks``
+    get every source's frames (``frame.name`` is the source's name), and the result is a ``MultiRunResult``
+    (per source: frames, detections, files, error; ``health`` per source).
 
     ``sinks`` are yours (anything with ``write(frame, detections)``; context managers are
     entered and exited here, and a ``close()`` of one that is not is called at the end, on
@@ -178,11 +238,20 @@ def run(
     """
     start = time.perf_counter()
     check_arguments("run", detector, source)
+    if several_sources(source):
+        from .multi_run import run_sources
+
+        if json is not None or show or plan is not None or batch_size is not None or detect_threads is not None:
+            raise TypeError("run() over several sources takes out (a folder), serve, sinks, hud, max_frames and "
+                            "codec; json, show, plan, batch_size and detect_threads are for one source")  # fmt: skip
+        return run_sources(detector, cast("Several", source), sinks=sinks, out=out, serve=serve,
+                           serve_token=serve_token, max_viewers=max_viewers, hud=hud, max_frames=max_frames,
+                           codec=codec, announce=announce)  # fmt: skip
     check_counts(batch_size=batch_size, detect_threads=detect_threads)  # before any output is opened
     defaults = sinks is None  # no sinks asked for: outputs in ./runs/, as the CLI writes them
     sinks = list(sinks or ())
     if not isinstance(source, (ImageSource, VideoFileSource, LiveSource)):
-        source = open_source(source)
+        source = open_source(source)  # type: ignore[arg-type]  # several_sources() took lists and dicts
     with contextlib.ExitStack() as stack:
         stack.enter_context(source)
         info = source.info

@@ -142,3 +142,58 @@ def test_one_source_gives_exactly_todays_outputs(videos: tuple[Path, ...], tmp_p
     assert (tmp_path / "cli" / "a.jsonl").read_text() == (tmp_path / "api" / "a.jsonl").read_text()
     assert "source" not in lines(tmp_path / "cli" / "a.jsonl")[0]
     assert frames_in(tmp_path / "cli" / "a.mp4") == frames_in(tmp_path / "api" / "a.mp4") == 3
+
+
+@pytest.fixture(scope="module")
+def d2go() -> detector.Detector:
+    return detector.load("d2go")
+
+
+def test_the_api_runs_several_sources_with_sinks_of_its_own(
+    d2go: detector.Detector, videos: tuple[Path, ...], tmp_path: Path
+) -> None:
+    """``detector.run(model, {name: spec}, sinks=[...])``: per-source outputs with ``out``, and the user's
+    sink gets every source's annotated frames, each named after its source, in each source's order."""
+
+    class Collect:
+        def __init__(self) -> None:
+            self.seen: list[tuple[str, int, int]] = []
+            self.closed = False
+
+        def write(self, frame, dets) -> None:  # noqa: ANN001
+            self.seen.append((frame.name, frame.index, len(dets)))
+
+        def close(self) -> None:
+            self.closed = True
+
+    sink = Collect()
+    out = tmp_path / "out"
+    result = detector.run(d2go, {"left": videos[0], "right": videos[1]}, out=out, sinks=[sink], max_frames=3)
+    assert isinstance(result, multi_run.MultiRunResult) and sink.closed
+    assert [s.name for s in result.sources] == ["left", "right"] and result.frames == 6
+    for name in ("left", "right"):
+        mine = [(i, n) for s, i, n in sink.seen if s == name]
+        assert [i for i, _ in mine] == [0, 1, 2], (name, sink.seen)
+        records = lines(out / f"{name}.jsonl")
+        assert [len(r["detections"]) for r in records] == [n for _, n in mine], "the sink saw the same detections"
+        assert any(n > 0 for _, n in mine), "the demo clip's people are detected"
+        assert [r["frame"] for r in records] == [0, 1, 2] and frames_in(out / f"{name}.mp4") == 3
+    # with sinks and without out, nothing is written
+    before = set(tmp_path.rglob("*"))
+    detector.run(d2go, [str(videos[0]), str(videos[1])], sinks=[Collect()], max_frames=1)
+    assert set(tmp_path.rglob("*")) == before
+    with pytest.raises(TypeError, match="for one source"):
+        detector.run(d2go, [videos[0], videos[1]], json=tmp_path / "x.jsonl")
+
+
+def test_the_api_streams_several_sources_with_their_names(d2go: detector.Detector, videos: tuple[Path, ...]) -> None:
+    counts: dict[str, int] = {}
+    with detector.stream(d2go, {"left": str(videos[0]), "right": str(videos[1])}) as results:
+        for name, frame, dets in results:
+            assert isinstance(dets, detector.Detections) and frame.image.ndim == 3
+            counts[name] = counts.get(name, 0) + 1
+            if min(counts.get("left", 0), counts.get("right", 0)) >= 2:
+                break
+    assert set(counts) == {"left", "right"}
+    with pytest.raises(TypeError, match="several sources"):
+        detector.stream(d2go, [str(videos[0]), str(videos[1])], max_frames=3)

@@ -18,7 +18,7 @@ from .defaults import DEFAULT_DETECT_THREADS, check_batch_memory, check_counts, 
 from .loop import DetectLoop, run_pipeline
 from .multi import MultiStream, multi_stream
 from .stats import STAGES, Stats
-from .stream import Stream, check_arguments, stream
+from .stream import Stream, check_arguments, several_sources, stream
 
 __all__ = [
     "DEFAULT_DETECT_THREADS",
@@ -28,6 +28,7 @@ __all__ = [
     "Stats",
     "Stream",
     "check_arguments",
+    "several_sources",
     "check_batch_memory",
     "check_counts",
     "default_batch_size",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -104,8 +104,17 @@ def check_arguments(function: str, detector: object, source: object) -> None:
     )
 
 
+def several_sources(source: object) -> bool:
+    """A dict of names to sources, or a list or tuple of specs (paths, URLs, camera indices): the
+    several-source forms of ``run`` and ``stream`` (a list of frames is one source)."""
+    if isinstance(source, Mapping):
+        return True
+    return (isinstance(source, (list, tuple)) and len(source) > 0
+            and all(isinstance(s, (str, Path, int)) and not isinstance(s, bool) for s in source))  # fmt: skip
+
+
 def stream(detector: Detector, source: str | Path | Iterable[Frame], *, queue_size: int = 4,
-           max_frames: int | None = None, batch_size: int | None = None) -> Stream:  # fmt: skip
+           max_frames: int | None = None, batch_size: int | None = None) -> Any:  # fmt: skip
     """Yield ``(frame, detections)`` as they come (see :class:`Stream`)::
 
     with stream(detector, "clip.mp4", max_frames=50) as results:
@@ -119,6 +128,22 @@ def stream(detector: Detector, source: str | Path | Iterable[Frame], *, queue_si
     ``batch_size`` frames go through the model together (files and folders; a live
     source is always one newest frame at a time); pairs still come one by one, in order.
     Default: :func:`default_batch_size` (1 on the CPU, 8 on CUDA).
+
+    Several sources (a list of specs, or a dict of names to specs) give a
+    :class:`~detector.pipeline.multi.MultiStream` of ``(name, frame, detections)`` instead, batched across
+    sources (see :func:`~detector.pipeline.multi.multi_stream`; ``max_frames`` and ``batch_size`` are
+    for one source)::
+
+        with stream(detector, {"door": "rtsp://cam1/s", "yard": "rtsp://cam2/s"}) as results:
+            for name, frame, dets in results:
+                ...
     """
     check_arguments("stream", detector, source)
+    if several_sources(source):
+        from .multi import multi_stream
+
+        if max_frames is not None or batch_size is not None:
+            raise TypeError("stream() over several sources takes no max_frames or batch_size (stop iterating "
+                            "when you have enough; frames are batched across sources)")  # fmt: skip
+        return multi_stream(detector, source)  # type: ignore[arg-type]
     return Stream(source, detector, queue_size=queue_size, max_frames=max_frames, batch_size=batch_size)
