@@ -35,6 +35,15 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def health(port: int) -> dict[str, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/stats.json")
+        return json.loads(conn.getresponse().read())["sources"]
+    finally:
+        conn.close()
+
+
 def grid_reader(port: int, stop: threading.Event, counts: dict[str, int]) -> None:
     """A viewer of the grid for the whole run: reads /grid.mjpg and counts the parts per source."""
     while not stop.is_set():
@@ -86,12 +95,13 @@ def main() -> None:
         while (t := time.monotonic() - start) < args.minutes * 60:
             samples.append((t, rss_mb(proc.pid)))
             if len(samples) % 12 == 1:
-                print(f"{t / 60:5.1f} min  RSS {samples[-1][1]:7.1f} MB", flush=True)
+                now = health(port)
+                fps = sum(h.get("fps", 0.0) for h in now.values())
+                states = sorted({h.get("state", "?") for h in now.values()})
+                print(f"{t / 60:5.1f} min  RSS {samples[-1][1]:7.1f} MB  detected {fps:5.1f} frames/s in all  "
+                      f"states {','.join(states)}", flush=True)  # fmt: skip
             time.sleep(args.every)
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        conn.request("GET", "/stats.json")
-        health = json.loads(conn.getresponse().read())["sources"]
-        conn.close()
+        last = health(port)
         stop.set()
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)
@@ -108,7 +118,7 @@ def main() -> None:
     mt, mr = sum(t for t, _ in tail) / n, sum(r for _, r in tail) / n
     slope = sum((t - mt) * (r - mr) for t, r in tail) / max(sum((t - mt) ** 2 for t, _ in tail), 1e-9) * 60
     after_1 = next((r for t, r in samples if t >= 60), samples[-1][1])
-    fps = sum(h["fps"] for h in health.values())
+    fps = sum(h["fps"] for h in last.values())
     print(f"{args.sources} sources at {args.fps:g} fps, {args.model}, {args.minutes:g} min, exit {proc.returncode}")
     print(f"RSS: at 1 min {after_1:.1f} MB, at end {samples[-1][1]:.1f} MB, max {max(r for _, r in samples):.1f} MB; "
           f"slope over the last 80% {slope:+.2f} MB/min")  # fmt: skip
