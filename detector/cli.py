@@ -32,6 +32,7 @@ from .errors import DetectorError, Interrupted
 
 if TYPE_CHECKING:
     from .eval.evaluator import EvalReport
+    from .ray_run import RayOptions
 
 log = logging.getLogger("detector")
 FAST_PRESET = "fast_cpu"
@@ -124,6 +125,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         check_gui()
     stats_path = Path(args.stats) if args.stats not in (None, "-") else None
+    if args.ray is not None or args.workers is not None:
+        return _run_ray(args, cfg, stats_path)
     if args.sources is not None or len(args.source) > 1:
         return _run_many(args, cfg, stats_path, serve_token)
     args.source = args.source[0] if args.source else None
@@ -258,11 +261,30 @@ def _kept_after_stop(before: dict[Path, tuple[int, int, int] | None], jsonl: Pat
     return f"; the frames processed so far are in {names}"
 
 
-def _run_folder(args: argparse.Namespace, cfg: DetectorConfig, stats_path: Path | None) -> int:
-    """``detector run`` on a folder of videos or under torchrun; rank 0 prints the closing lines."""
+def _run_ray(args: argparse.Namespace, cfg: DetectorConfig, stats_path: Path | None) -> int:
+    """``detector run FOLDER|GLOB --ray [ADDRESS]`` (:mod:`detector.ray_run`); prints as a folder run does."""
+    from .ray_run import RayOptions
+
+    if args.ray is None:
+        raise DetectorError("--workers is for --ray runs; add --ray, or drop --workers")
+    address, sources = args.ray or None, list(args.source)
+    if address is not None and ":" not in address and address not in ("auto", "local"):
+        sources.insert(0, address)  # `detector run --ray FOLDER`: argparse gave the folder to --ray
+        address = None
+    if args.sources is not None or len(sources) != 1:
+        raise DetectorError("--ray runs one folder or glob of images or videos; give exactly one")
+    args.source = sources[0]
+    return _run_folder(args, cfg, stats_path, ray=RayOptions(address, args.workers))
+
+
+def _run_folder(
+    args: argparse.Namespace, cfg: DetectorConfig, stats_path: Path | None, ray: RayOptions | None = None
+) -> int:
+    """``detector run`` on a folder of videos, under torchrun or on Ray (``ray``); rank 0 prints the closing lines."""
     from .distributed import PeerFailed
     from .folder_run import FolderOptions, run_folder
     from .planning import DEFAULT_SOURCE, FolderPlan
+    from .ray_run import run_ray
 
     options = FolderOptions(out=args.out, json=args.json, stats=stats_path, keep_stats=args.stats is not None,
                             stride=args.stride or 1, start=args.start or 0, end=args.end,
@@ -270,7 +292,8 @@ def _run_folder(args: argparse.Namespace, cfg: DetectorConfig, stats_path: Path 
                             detect_threads=args.detect_threads, codec=args.codec, progress=not args.quiet,
                             watch=bool(args.serve is not None or args.show))  # fmt: skip
     try:
-        result = run_folder(cfg, args.source if args.source is not None else DEFAULT_SOURCE, options)
+        spec = args.source if args.source is not None else DEFAULT_SOURCE
+        result = run_ray(cfg, spec, options, ray) if ray is not None else run_folder(cfg, spec, options)
     except PeerFailed:  # another process failed; rank 0 reports it
         return 2
     if result is None:  # not rank 0
@@ -511,6 +534,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--end", type=int, help="video files: stop before this frame index")
     p.add_argument("--stats", nargs="?", const="-", metavar="PATH",
                    help="print per-stage timings; with PATH also write them as JSON")  # fmt: skip
+    p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                   help="a folder or glob on Ray: a local Ray with this machine's cores, or the cluster at ADDRESS "
+                   "(or $RAY_ADDRESS); needs the ray extra")  # fmt: skip
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="--ray: model-holding workers (default: one per GPU, else one per CPU)")  # fmt: skip
     _add_model_args(p)
     p.set_defaults(func=cmd_run)
 

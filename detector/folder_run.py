@@ -144,11 +144,13 @@ def run_folder(cfg: DetectorConfig, spec: str | Path, options: FolderOptions) ->
         return _run(cfg, Group(), spec, options)
 
 
-def _plan(spec: str | Path, options: FolderOptions) -> FolderPlan | ImagePlan:
-    """Rank 0's listing and output plan, shared with the others."""
+def plan_folder(spec: str | Path, options: FolderOptions, *, runner: str = "torchrun") -> FolderPlan | ImagePlan:
+    """The inputs of a folder or glob and where each goes, planned once before any work (free names,
+    inputs never outputs; :mod:`detector.planning`): by rank 0 under torchrun, by the driver of a
+    ``--ray`` run (``runner`` names the one asked, for the messages)."""
     if options.watch:
         raise DetectorError(
-            "--serve and --show watch one input, but a folder of videos or a torchrun run writes files only; "
+            f"--serve and --show watch one input, but a folder of videos or a {runner} run writes files only; "
             "drop them, or run one video at a time to watch it"
         )
     videos = find_videos(spec)
@@ -162,9 +164,13 @@ def _plan(spec: str | Path, options: FolderOptions) -> FolderPlan | ImagePlan:
                 assert isinstance(source, ImageSource)
                 outputs = plan_outputs(source, options.out, options.json, stats=options.stats)
                 return ImagePlan(source.paths, Path(source.info.path), source.base, outputs)
+    if runner == "torchrun":
+        raise SourceError(
+            f"torchrun shares the images or videos of a folder or glob between processes, and {text} is one input; "
+            "run it without torchrun"
+        )
     raise SourceError(
-        f"torchrun shares the images or videos of a folder or glob between processes, and {text} is one input; "
-        "run it without torchrun"
+        f"{runner} runs the images or videos of a folder or glob, and {text} is one input; run it without {runner}"
     )
 
 
@@ -174,7 +180,7 @@ def _part(json_path: Path, rank: int) -> Path:
 
 
 def _run(cfg: DetectorConfig, group: Group, spec: str | Path, options: FolderOptions) -> FolderResult | None:
-    plan = group.by_rank0(lambda: _plan(spec, options))
+    plan = group.by_rank0(lambda: plan_folder(spec, options))
     progress = options.progress and group.rank == 0
     detector = group.step(lambda: Detector.from_config(cfg, progress=progress))
     log.info("model %s on %s (%s); %d process(es)", detector.name, detector.device, detector.precision, group.size)
