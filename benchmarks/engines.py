@@ -15,12 +15,22 @@ bf16 variants are skipped where the CPU has no native bf16 (torch would emulate
 it, many times slower than fp32; OpenVINO would silently run f32).
 
     .venv/bin/python benchmarks/engines.py [--models ...] [--sizes 320 480 800] [--rounds 3] [--json out.jsonl]
+
+An AVX2-only CPU (no VNNI, no AVX-512) can be emulated on a newer one: oneDNN, inside both OpenVINO's CPU
+plugin and torch, honours ``ONEDNN_MAX_CPU_ISA`` (OpenVINO then runs ``jit_avx2_I8`` kernels where it ran
+``brgconv_avx512_I8``; checked in its runtime model), and torch's own kernels ``ATEN_CPU_CAPABILITY``:
+
+    ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 .venv/bin/python benchmarks/engines.py --sizes 320 \
+        --variants torch-fp32 openvino-fp32 openvino-int8
+
+The ratios are the kernels'; the clock, caches and memory are still this machine's.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -34,6 +44,7 @@ from common import cpu_flags, machine, real_frame
 
 from detector import Detector, load_config
 from detector.engines.export import calibration_for, export_model, weights_sha256
+from detector.engines.openvino_engine import ISA_CAP_ENV, isa_allows
 from detector.models import MODELS, build_model
 from detector.structures import Detections
 
@@ -135,11 +146,17 @@ def main() -> None:
     ap.add_argument("--proposals", type=int, help="Faster R-CNN: proposals kept after the RPN's NMS (default 1000)")
     args = ap.parse_args()
     flags = cpu_flags()
-    native_bf16 = any(f in flags for f in ("avx512_bf16", "amx_bf16"))
+    native_bf16 = any(f in flags and isa_allows(f) for f in ("avx512_bf16", "amx_bf16"))
     wanted = [v for v in args.variants if native_bf16 or not v.endswith("bf16")]
     skipped = [v for v in args.variants if v not in wanted]
     frame = cv2.resize(real_frame(0), (640, 480), interpolation=cv2.INTER_AREA)
     print(f"# engines, 640x480 frame, {machine()}, native bf16: {native_bf16}, CPU flags: {' '.join(flags)}")
+    cap = os.environ.get(ISA_CAP_ENV)
+    if cap:
+        dot = [f for f in ("avx_vnni", "avx512_vnni", "amx_int8") if f in flags and isa_allows(f, cap)]
+        aten = os.environ.get("ATEN_CPU_CAPABILITY", "-")
+        print(f"# {ISA_CAP_ENV}={cap} (ATEN_CPU_CAPABILITY={aten}): oneDNN's kernels (OpenVINO's and torch's) "
+              f"stop at {cap}; int8 dot products usable: {' '.join(dot) or 'none'}")  # fmt: skip
     if skipped:
         print(f"skipped (no native bf16 on this CPU): {', '.join(skipped)}")
     print(f"median s per frame over {args.rounds} interleaved rounds after warm-up (two calls within 10%) "

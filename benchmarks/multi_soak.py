@@ -96,9 +96,9 @@ def main() -> None:
             samples.append((t, rss_mb(proc.pid)))
             if len(samples) % 12 == 1:
                 now = health(port)
-                fps = sum(h.get("fps", 0.0) for h in now.values())
+                done = sum(h.get("frames", 0) for h in now.values())
                 states = sorted({h.get("state", "?") for h in now.values()})
-                print(f"{t / 60:5.1f} min  RSS {samples[-1][1]:7.1f} MB  detected {fps:5.1f} frames/s in all  "
+                print(f"{t / 60:5.1f} min  RSS {samples[-1][1]:7.1f} MB  detected {done:6d} frames in all  "
                       f"states {','.join(states)}", flush=True)  # fmt: skip
             time.sleep(args.every)
         last = health(port)
@@ -118,11 +118,11 @@ def main() -> None:
     mt, mr = sum(t for t, _ in tail) / n, sum(r for _, r in tail) / n
     slope = sum((t - mt) * (r - mr) for t, r in tail) / max(sum((t - mt) ** 2 for t, _ in tail), 1e-9) * 60
     after_1 = next((r for t, r in samples if t >= 60), samples[-1][1])
-    fps = sum(h["fps"] for h in last.values())
+    fps = sum(h.get("frames", 0) for h in last.values()) / (args.minutes * 60)
     print(f"{args.sources} sources at {args.fps:g} fps, {args.model}, {args.minutes:g} min, exit {proc.returncode}")
     print(f"RSS: at 1 min {after_1:.1f} MB, at end {samples[-1][1]:.1f} MB, max {max(r for _, r in samples):.1f} MB; "
           f"slope over the last 80% {slope:+.2f} MB/min")  # fmt: skip
-    print(f"detected {fps:.1f} frames/s in all (last 5 s); grid viewer got {sum(counts.values())} parts; "
+    print(f"detected {fps:.2f} frames/s in all (mean over the run); grid viewer got {sum(counts.values())} parts; "
           f"outputs complete and playable: {complete} of {args.sources}")  # fmt: skip
     if proc.returncode != 130:
         print(err)

@@ -461,3 +461,23 @@ def test_openvino_engine_takes_calls_from_several_threads(
     for k, out in got:
         for key in ("boxes", "scores", "labels"):
             torch.testing.assert_close(out[key], want[k][key], rtol=0, atol=0)
+
+
+def test_the_onednn_isa_cap_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ONEDNN_MAX_CPU_ISA`` caps OpenVINO's kernels (an AVX2-only CPU can be emulated with it): the int8
+    and bf16 checks that pick ``precision: auto`` and warn about slow int8 follow the cap, not /proc/cpuinfo."""
+    from detector.engines import openvino_engine as ove
+
+    every = "flags\t: fpu avx2 avx512f avx512_vnni avx_vnni avx512_bf16 amx_int8 amx_bf16\n"
+    assert ove.int8_dot_product_flags(every, cap="AVX2") == []
+    assert ove.int8_dot_product_flags(every, cap="avx2_vnni") == ["avx_vnni"]
+    assert ove.int8_dot_product_flags(every, cap="AVX512_CORE") == []
+    assert ove.int8_dot_product_flags(every, cap="AVX512_CORE_VNNI") == ["avx512_vnni"]
+    assert ove.int8_dot_product_flags(every, cap="AVX512_CORE_AMX") == ["avx512_vnni", "amx_int8"]
+    for no_cap in ("", "ALL", "NOT_A_LEVEL"):  # nothing made up for a cap it does not know
+        assert ove.int8_dot_product_flags(every, cap=no_cap) == ["avx512_vnni", "avx_vnni", "amx_int8"]
+    monkeypatch.delenv(ove.ISA_CAP_ENV, raising=False)
+    assert ove.cpu_has_int8_dot_product(every)
+    monkeypatch.setenv(ove.ISA_CAP_ENV, "AVX2")
+    assert ove.int8_dot_product_flags(every) == [] and not ove.cpu_has_int8_dot_product(every)
+    assert not ove.cpu_has_bf16(None), "bf16 is refused under the cap before OpenVINO is asked"

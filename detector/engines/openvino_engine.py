@@ -15,6 +15,7 @@ int8 is refused.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -34,10 +35,34 @@ OV_PRECISIONS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 the f32 hint: the stacks run int8, everything else f32."""
 INT8_DOT_PRODUCT = ("avx512_vnni", "avx_vnni", "amx_int8")
 """x86 flags of int8 dot-product instructions; without them OpenVINO still runs int8, slower."""
+ISA_CAP_ENV = "ONEDNN_MAX_CPU_ISA"
+"""oneDNN's cap on the instruction sets its kernels use; OpenVINO's CPU plugin honours it (e.g. ``AVX2``
+runs ``jit_avx2_I8`` kernels where ``brgconv_avx512_I8`` ran), so it can emulate an older CPU."""
+_AVX512 = {"avx512_vnni", "avx512_bf16"}
+_AMX = {"avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16"}
+_CAP_ALLOWS: dict[str, set[str]] = {
+    "SSE41": set(), "AVX": set(), "AVX2": set(), "AVX2_VNNI": {"avx_vnni"}, "AVX2_VNNI_2": {"avx_vnni"},
+    "AVX512_CORE": set(), "AVX512_CORE_VNNI": {"avx512_vnni"}, "AVX512_CORE_BF16": _AVX512,
+    "AVX512_CORE_FP16": _AVX512, "AVX10_1_512": _AVX512, "AVX512_CORE_AMX": _AMX, "AVX10_1_512_AMX": _AMX,
+    "AVX512_CORE_AMX_FP16": _AMX, "AVX10_1_512_AMX_FP16": _AMX, "AVX10_2_512": _AVX512, "AVX10_2_512_AMX_2": _AMX,
+}  # fmt: skip
+"""Under each oneDNN ISA cap, which of the flags this module asks about its kernels may use."""
+
+
+def isa_allows(flag: str, cap: str | None = None) -> bool:
+    """Whether oneDNN's ISA cap (``$ONEDNN_MAX_CPU_ISA``, or ``cap``) lets kernels use ``flag``'s
+    instructions: True without a cap, or for a cap or flag it does not know (nothing is made up)."""
+    cap = (cap if cap is not None else os.environ.get(ISA_CAP_ENV, "")).strip().upper()
+    if cap not in _CAP_ALLOWS or flag not in _AMX | {"avx_vnni"}:
+        return True
+    return flag in _CAP_ALLOWS[cap]
 
 
 def cpu_has_bf16(core: Any) -> bool:
-    """Whether OpenVINO's CPU plugin runs bf16 natively here (AVX512-BF16 or AMX)."""
+    """Whether OpenVINO's CPU plugin runs bf16 natively here (AVX512-BF16 or AMX, and allowed by the
+    ISA cap, which the plugin's capability list does not reflect)."""
+    if not isa_allows("avx512_bf16") and not isa_allows("amx_bf16"):
+        return False
     try:
         return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     except RuntimeError:
@@ -54,10 +79,10 @@ def _cpu_flags(cpuinfo: str | None = None) -> set[str]:
     return {w for line in cpuinfo.splitlines() if line.startswith("flags") for w in line.split(":", 1)[1].split()}
 
 
-def int8_dot_product_flags(cpuinfo: str | None = None) -> list[str]:
-    """This CPU's int8 dot-product flags (VNNI, AMX) that OpenVINO's int8 kernels use."""
+def int8_dot_product_flags(cpuinfo: str | None = None, cap: str | None = None) -> list[str]:
+    """This CPU's int8 dot-product flags (VNNI, AMX) that OpenVINO's int8 kernels use (within the ISA cap)."""
     flags = _cpu_flags(cpuinfo)
-    return [flag for flag in INT8_DOT_PRODUCT if flag in flags]
+    return [flag for flag in INT8_DOT_PRODUCT if flag in flags and isa_allows(flag, cap)]
 
 
 def cpu_has_int8_dot_product(cpuinfo: str | None = None) -> bool:
