@@ -15,6 +15,7 @@ round (machine load hits them alike) and the median reported. Fidelity: FPN-outp
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -28,7 +29,7 @@ from common import VIDEO, cpu_flags, machine
 
 from detector import load_config
 from detector.engines.export import export_model, weights_sha256
-from detector.engines.openvino_engine import OpenVINOEngine, cpu_has_bf16
+from detector.engines.openvino_engine import ISA_CAP_ENV, OpenVINOEngine, cpu_has_bf16, int8_dot_product_flags
 from detector.engines.quantize import fidelity, quantize_openvino, read_calibration
 from detector.models import build_model
 
@@ -88,6 +89,10 @@ def main() -> None:
     print(f"# int8 (NNCF) vs bf16 vs f32 on OpenVINO {ov.get_version()}, {machine()}")
     print(f"# CPU flags: {' '.join(cpu_flags()) or 'unknown'}; OpenVINO capabilities: "
           f"{', '.join(core.get_property('CPU', 'OPTIMIZATION_CAPABILITIES'))}")  # fmt: skip
+    if os.environ.get(ISA_CAP_ENV):
+        print(f"# {ISA_CAP_ENV}={os.environ[ISA_CAP_ENV]}: OpenVINO's kernels are capped (an AVX2 cap emulates an "
+              f"AVX2-only CPU, int8 without VNNI); int8 dot products usable: {int8_dot_product_flags() or 'none'}; "
+              f"native bf16: {bf16}")  # fmt: skip
     coco_ap(args.models, args.size)
     print("# weights for timing and fidelity: random (seed 0)")
     calibration = read_calibration(VIDEO, args.calibration)
