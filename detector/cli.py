@@ -225,7 +225,8 @@ def _run_many(args: argparse.Namespace, cfg: DetectorConfig, stats_path: Path | 
             print(f"{source.name}: no frame ({source.error or 'it never delivered one'})", file=sys.stderr)
             continue
         files = ", ".join(str(p) for p in (source.out, source.json) if p is not None)
-        print(f"{source.name}: {source.frames} frames, {source.detections} detections -> {files}")
+        written = f" -> {files}" if files else ""  # a live source only watched (--serve) writes nothing
+        print(f"{source.name}: {source.frames} frames, {source.detections} detections{written}")
     if args.stats is not None:
         print(stats_table(result))
         if stats_path is not None:
