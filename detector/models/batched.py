@@ -1,4 +1,5 @@
-"""A batched, sync-free inference path for torchvision's Faster R-CNN (v1 and v2).
+"""A batched, sync-free inference path for torchvision's Faster R-CNN (v1 and v2); RetinaNet's is in
+:mod:`detector.models.batched_retinanet`, and :func:`batched_path` picks the one a model needs.
 
 Why: torchvision's detection code waits for the GPU many times inside every forward (per-image Python loops
 with ``torch.where``, boolean masks and ``nms``, small host-built tensors), so the GPU idles while the host
@@ -24,7 +25,7 @@ import torch
 from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["BatchedFasterRCNN", "SyncCounter", "batched_greedy_nms"]
+__all__ = ["BatchedDetector", "BatchedFasterRCNN", "SyncCounter", "batched_greedy_nms", "batched_path"]
 
 # Packed per-detection columns: x1, y1, x2, y2, score, label.
 _COLUMNS = 6
@@ -73,6 +74,57 @@ def batched_greedy_nms(
     return keep, converged
 
 
+def nms_like_torchvision(
+    boxes: Tensor,
+    valid: Tensor,
+    labels: Tensor | int,
+    count: Tensor,
+    max_coordinate: Tensor,
+    iou_threshold: float,
+    iterations: int,
+) -> tuple[Tensor, Tensor]:
+    """``torchvision.ops.batched_nms`` per image, on its own branch: ``keep`` (B, N), ``converged`` (B,).
+
+    batched_nms runs NMS per class on the boxes' own coordinates above 4,000 numbers on the CPU (100,000
+    elsewhere), and below that one NMS on boxes shifted by ``label * (max_coordinate + 1)``; shifted boxes
+    round their IoU differently, so the same branch is taken here per image, from ``count`` (how many boxes
+    torchvision passes it) and ``max_coordinate`` (their largest coordinate), both (B,) device tensors.
+    ``labels``: (B, N) classes, or one int for all boxes (a block of one RPN level). Boxes are in descending
+    score order (stable), as torchvision's nms kernels sort them.
+    """
+    limit = 4000 if boxes.device.type == "cpu" else 100_000
+    shift = (count * 4 <= limit)[:, None, None]
+    top = torch.where(count > 0, max_coordinate, torch.zeros_like(max_coordinate)).to(boxes.dtype)
+    if isinstance(labels, int):
+        offsets = (labels * (top + 1))[:, None, None]
+        classes = None
+    else:
+        offsets = (labels.to(boxes.dtype) * (top[:, None] + 1))[..., None]
+        classes = labels
+    return batched_greedy_nms(torch.where(shift, boxes + offsets, boxes), valid, iou_threshold, iterations, classes)
+
+
+def max_coordinate(boxes: Tensor, valid: Tensor) -> Tensor:
+    """``boxes.max()`` over each image's valid boxes (B,); -inf for an image without any."""
+    return torch.where(valid[..., None], boxes, torch.full_like(boxes, -math.inf)).amax(dim=(1, 2))
+
+
+def first_kept(
+    keep: Tensor, boxes: Tensor, scores: Tensor, labels: Tensor, detections: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The first ``detections`` kept candidates of each image, in candidate order, padded: boxes, scores,
+    labels and the count of real rows (B,). A kept candidate's slot is its rank among the kept."""
+    n, k = keep.shape
+    kept = keep.sum(dim=1)
+    rank = keep.long().cumsum(dim=1) - 1
+    slot = torch.where(keep & (rank < detections), rank, torch.full_like(rank, detections))
+    positions = torch.arange(k, device=keep.device).expand(n, k)
+    picked = torch.zeros(n, detections + 1, dtype=torch.long, device=keep.device).scatter_(1, slot, positions)
+    picked = picked[:, : min(detections, k)]
+    out_boxes = boxes.gather(1, picked[..., None].expand(-1, -1, 4))
+    return out_boxes, scores.gather(1, picked), labels.gather(1, picked), kept.clamp(max=min(detections, k))
+
+
 @dataclass
 class _Batch:
     """Device-side state of one batch, kept until its results are read (the fallback needs it)."""
@@ -83,36 +135,21 @@ class _Batch:
     image_sizes: list[tuple[int, int]]
     original_sizes: list[tuple[int, int]]
     detections: int
+    heads: Any = None
+    """What a fallback needs besides the features (RetinaNet: its head outputs and anchors)."""
 
 
-class BatchedFasterRCNN:
-    """Run a torchvision ``FasterRCNN`` (eval mode) on a batch with one host copy instead of hundreds of syncs.
+class BatchedDetector:
+    """What the batched paths share: device preprocessing, cached anchors, one packed result tensor per
+    batch (one host copy), and per-image fallback flags answered with torchvision's own code."""
 
-    ``BatchedFasterRCNN(model)(images)`` equals ``model(images)``: images are CHW float tensors in 0..1 on the
-    model's device (sizes may differ); results are host tensors ``boxes`` (N, 4) float32, ``scores`` (N,)
-    float32, ``labels`` (N,) int64 per image. The model's modules and weights are used as they are.
-
-    ``roi_topk``: the best-scoring class candidates per image that the final NMS considers (fixed size);
-    ``nms_iterations``: the bound on the fixed-point iteration. Either, too small for a batch, costs a
-    fallback to torchvision's code, never a different result.
-    """
-
-    def __init__(self, model: Any, *, roi_topk: int = 1000, nms_iterations: int = 32) -> None:
-        from torchvision.models.detection.faster_rcnn import FasterRCNN
-
-        if not isinstance(model, FasterRCNN):
-            raise TypeError(f"BatchedFasterRCNN takes a torchvision FasterRCNN, got {type(model).__name__}")
-        heads = model.roi_heads
-        if heads.has_mask() or heads.has_keypoint():
-            raise TypeError("BatchedFasterRCNN covers box detection only (no mask or keypoint heads)")
+    def __init__(self, model: Any, *, nms_iterations: int) -> None:
         if model.transform.fixed_size is not None:
-            raise ValueError("BatchedFasterRCNN needs the default resize (fixed_size is None)")
+            raise ValueError(f"{type(self).__name__} needs the default resize (fixed_size is None)")
         self.model = model
-        self.roi_topk = roi_topk
         self.nms_iterations = nms_iterations
         self._constants: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
         self._anchors: dict[tuple[Any, ...], Tensor] = {}
-        self._scales: dict[tuple[Any, ...], tuple[list[float], Any]] = {}
 
     # -- public -------------------------------------------------------------------------------------------
 
@@ -125,34 +162,12 @@ class BatchedFasterRCNN:
         host = batch.packed.cpu()
         return self.unpack(host, batch)
 
-    @torch.no_grad()
     def run_device(self, images: list[Tensor]) -> _Batch:
         """Everything up to the single host copy: no syncs (one small host-to-device copy of image sizes)."""
-        if self.model.training:
-            raise RuntimeError("BatchedFasterRCNN runs a model in eval mode; call model.eval() first")
-        padded, image_sizes, original_sizes = self._preprocess(images)
-        device = padded.device
-        n = len(images)
-        # One host-to-device copy per batch: resized and original sizes (exact in float32).
-        sizes = torch.tensor(
-            [[h, w, oh, ow] for (h, w), (oh, ow) in zip(image_sizes, original_sizes, strict=True)], dtype=torch.float32
-        ).to(device, non_blocking=True)
-        features = self.model.backbone(padded)
-        proposals, proposal_valid, rpn_converged = self._rpn(padded, image_sizes, features, sizes)
-        boxes, scores, labels, counts, roi_ok = self._roi_heads(features, proposals, proposal_valid, sizes, image_sizes)
-        # Back to input pixels as transform.postprocess does: float32 ratio original / resized.
-        ratio_h = sizes[:, 2] / sizes[:, 0]
-        ratio_w = sizes[:, 3] / sizes[:, 1]
-        ratios = torch.stack((ratio_w, ratio_h, ratio_w, ratio_h), dim=1)[:, None, :]
-        boxes = boxes * ratios.to(boxes.dtype)
-        flag = ~(rpn_converged & roi_ok)
-        detections = boxes.shape[1]
-        per_det = torch.cat((boxes.float(), scores.float()[..., None], labels.float()[..., None]), dim=2)
-        packed = torch.cat((per_det.reshape(n, -1), counts.float()[:, None], flag.float()[:, None]), dim=1)
-        return _Batch(packed, features, padded, image_sizes, original_sizes, detections)
+        raise NotImplementedError
 
     def unpack(self, host: Tensor, batch: _Batch) -> list[dict[str, Tensor]]:
-        """Host tensors per image; a flagged batch takes torchvision's heads on the same features."""
+        """Host tensors per image; a flagged image takes torchvision's own result on the same batch."""
         d = batch.detections
         per_det = host[:, : d * _COLUMNS].reshape(-1, d, _COLUMNS)
         counts = host[:, d * _COLUMNS].long().tolist()
@@ -167,7 +182,37 @@ class BatchedFasterRCNN:
                 results[i] = {k: v.cpu() for k, v in exact[i].items()}
         return results
 
-    # -- preprocessing ------------------------------------------------------------------------------------
+    def _torchvision_heads(self, batch: _Batch) -> list[dict[str, Tensor]]:
+        """torchvision's own code from this batch's features on: its exact results."""
+        raise NotImplementedError
+
+    # -- shared steps -------------------------------------------------------------------------------------
+
+    def _start(self, images: list[Tensor]) -> tuple[Tensor, list[tuple[int, int]], list[tuple[int, int]], Tensor]:
+        """Padded batch, resized and original sizes, and the sizes as one (B, 4) device tensor
+        (resized h, w, original h, w; exact in float32): the batch's one host-to-device copy."""
+        if self.model.training:
+            raise RuntimeError(f"{type(self).__name__} runs a model in eval mode; call model.eval() first")
+        padded, image_sizes, original_sizes = self._preprocess(images)
+        sizes = torch.tensor(
+            [[h, w, oh, ow] for (h, w), (oh, ow) in zip(image_sizes, original_sizes, strict=True)], dtype=torch.float32
+        ).to(padded.device, non_blocking=True)
+        return padded, image_sizes, original_sizes, sizes
+
+    @staticmethod
+    def _pack(
+        boxes: Tensor, scores: Tensor, labels: Tensor, counts: Tensor, flag: Tensor, sizes: Tensor
+    ) -> tuple[Tensor, int]:
+        """Boxes back to input pixels as transform.postprocess does (float32 ratio original / resized),
+        then everything in one (B, D * 6 + 2) float tensor: rows, count, fallback flag."""
+        n = boxes.shape[0]
+        ratio_h = sizes[:, 2] / sizes[:, 0]
+        ratio_w = sizes[:, 3] / sizes[:, 1]
+        ratios = torch.stack((ratio_w, ratio_h, ratio_w, ratio_h), dim=1)[:, None, :]
+        boxes = boxes * ratios.to(boxes.dtype)
+        per_det = torch.cat((boxes.float(), scores.float()[..., None], labels.float()[..., None]), dim=2)
+        packed = torch.cat((per_det.reshape(n, -1), counts.float()[:, None], flag.float()[:, None]), dim=1)
+        return packed, boxes.shape[1]
 
     def _preprocess(self, images: list[Tensor]) -> tuple[Tensor, list[tuple[int, int]], list[tuple[int, int]]]:
         """GeneralizedRCNNTransform's normalise, resize and pad, with the constants kept on the device."""
@@ -204,17 +249,53 @@ class BatchedFasterRCNN:
             self._constants[key] = (mean, std)
         return self._constants[key]
 
-    # -- region proposals ---------------------------------------------------------------------------------
-
-    def _anchors_for(self, padded: Tensor, image_sizes: list[tuple[int, int]], feats: list[Tensor]) -> Tensor:
+    def _anchors_for(
+        self, generator: Any, padded: Tensor, image_sizes: list[tuple[int, int]], feats: list[Tensor]
+    ) -> Tensor:
         """The anchors of one image (they depend only on the padded size), cached on the device."""
         from torchvision.models.detection.image_list import ImageList
 
-        key = (tuple(padded.shape[-2:]), tuple(tuple(f.shape[-2:]) for f in feats), padded.dtype, padded.device)
+        key = (tuple(padded.shape[-2:]), tuple(tuple(f.shape[-2:]) for f in feats), feats[0].dtype, padded.device)
         if key not in self._anchors:
-            generator = self.model.rpn.anchor_generator
             self._anchors[key] = generator(ImageList(padded[:1], image_sizes[:1]), feats)[0]
         return self._anchors[key]
+
+
+class BatchedFasterRCNN(BatchedDetector):
+    """Run a torchvision ``FasterRCNN`` (eval mode) on a batch with one host copy instead of hundreds of syncs.
+
+    ``BatchedFasterRCNN(model)(images)`` equals ``model(images)``: images are CHW float tensors in 0..1 on the
+    model's device (sizes may differ); results are host tensors ``boxes`` (N, 4) float32, ``scores`` (N,)
+    float32, ``labels`` (N,) int64 per image. The model's modules and weights are used as they are.
+
+    ``roi_topk``: the best-scoring class candidates per image that the final NMS considers (fixed size);
+    ``nms_iterations``: the bound on the fixed-point iteration. Either, too small for a batch, costs a
+    fallback to torchvision's code, never a different result.
+    """
+
+    def __init__(self, model: Any, *, roi_topk: int = 1000, nms_iterations: int = 32) -> None:
+        from torchvision.models.detection.faster_rcnn import FasterRCNN
+
+        if not isinstance(model, FasterRCNN):
+            raise TypeError(f"BatchedFasterRCNN takes a torchvision FasterRCNN, got {type(model).__name__}")
+        heads = model.roi_heads
+        if heads.has_mask() or heads.has_keypoint():
+            raise TypeError("BatchedFasterRCNN covers box detection only (no mask or keypoint heads)")
+        super().__init__(model, nms_iterations=nms_iterations)
+        self.roi_topk = roi_topk
+        self._scales: dict[tuple[Any, ...], tuple[list[float], Any]] = {}
+
+    @torch.no_grad()
+    def run_device(self, images: list[Tensor]) -> _Batch:
+        """Everything up to the single host copy: no syncs (one small host-to-device copy of image sizes)."""
+        padded, image_sizes, original_sizes, sizes = self._start(images)
+        features = self.model.backbone(padded)
+        proposals, proposal_valid, rpn_converged = self._rpn(padded, image_sizes, features, sizes)
+        boxes, scores, labels, counts, roi_ok = self._roi_heads(features, proposals, proposal_valid, sizes, image_sizes)
+        packed, detections = self._pack(boxes, scores, labels, counts, ~(rpn_converged & roi_ok), sizes)
+        return _Batch(packed, features, padded, image_sizes, original_sizes, detections)
+
+    # -- region proposals ---------------------------------------------------------------------------------
 
     def _rpn(
         self, padded: Tensor, image_sizes: list[tuple[int, int]], features: dict[str, Tensor], sizes: Tensor
@@ -225,7 +306,7 @@ class BatchedFasterRCNN:
         rpn = self.model.rpn
         feats = list(features.values())
         objectness, deltas = rpn.head(feats)
-        anchors = self._anchors_for(padded, image_sizes, feats)
+        anchors = self._anchors_for(rpn.anchor_generator, padded, image_sizes, feats)
         n = padded.shape[0]
         per_level = [o[0].shape[0] * o[0].shape[1] * o[0].shape[2] for o in objectness]
         objectness, deltas = concat_box_prediction_layers(objectness, deltas)
@@ -249,14 +330,18 @@ class BatchedFasterRCNN:
         boxes = _clip(proposals[batch_idx, top_n_idx], sizes)
         valid = _not_small(boxes, rpn.min_size) & (scores >= rpn.score_thresh)
 
-        # NMS per level (levels never suppress each other): one block per level, each already in score
-        # order (topk sorts), as torchvision's stable sort leaves it.
+        # NMS per level (torchvision's batched_nms with the level as class: levels never suppress each other):
+        # one block per level, each already in score order (topk sorts), as torchvision's stable sort leaves it;
+        # shifted by level as its small-input branch does.
+        count = valid.sum(dim=1)
+        top = max_coordinate(boxes, valid)
         keep_parts = []
         converged = torch.ones(n, dtype=torch.bool, device=padded.device)
         start = 0
-        for k in taken:
-            keep, ok = batched_greedy_nms(
-                boxes[:, start : start + k], valid[:, start : start + k], rpn.nms_thresh, self.nms_iterations
+        for level, k in enumerate(taken):
+            block = slice(start, start + k)
+            keep, ok = nms_like_torchvision(
+                boxes[:, block], valid[:, block], level, count, top, rpn.nms_thresh, self.nms_iterations
             )
             keep_parts.append(keep)
             converged &= ok
@@ -305,24 +390,15 @@ class BatchedFasterRCNN:
         cand_scores = scores.gather(1, order)
         cand_labels = labels[order]
         cand_valid = valid.gather(1, order)
-        keep, converged = batched_greedy_nms(
-            cand_boxes, cand_valid, heads.nms_thresh, self.nms_iterations, classes=cand_labels
-        )
+        count = valid.sum(dim=1)
+        keep, converged = nms_like_torchvision(
+            cand_boxes, cand_valid, cand_labels, count, max_coordinate(boxes, valid), heads.nms_thresh,
+            self.nms_iterations,
+        )  # fmt: skip
         d = heads.detections_per_img
-        kept = keep.sum(dim=1)
+        out_boxes, out_scores, out_labels, counts = first_kept(keep, cand_boxes, cand_scores, cand_labels, d)
         # The top-k is complete unless it kept too few while valid candidates were left out.
-        complete = (kept >= d) | (valid.sum(dim=1) <= k)
-        # Slot of each kept candidate among the first d kept (in score order); the rest go to a dummy slot.
-        rank = keep.long().cumsum(dim=1) - 1
-        slot = torch.where(keep & (rank < d), rank, torch.full_like(rank, d))
-        positions = torch.arange(k, device=order.device).expand(n, k)
-        picked = torch.zeros(n, d + 1, dtype=torch.long, device=order.device).scatter_(1, slot, positions)[:, :d]
-        if k < d:
-            picked = picked[:, :k]
-        out_boxes = cand_boxes.gather(1, picked[..., None].expand(-1, -1, 4))
-        out_scores = cand_scores.gather(1, picked)
-        out_labels = cand_labels.gather(1, picked)
-        counts = kept.clamp(max=min(d, k))
+        complete = (keep.sum(dim=1) >= d) | (count <= k)
         return out_boxes, out_scores, out_labels, counts, converged & complete
 
     def _roi_pool(self, features: dict[str, Tensor], proposals: Tensor, image_sizes: list[tuple[int, int]]) -> Tensor:
@@ -414,6 +490,26 @@ def _not_small(boxes: Tensor, min_size: float) -> Tensor:
     ws = boxes[..., 2] - boxes[..., 0]
     hs = boxes[..., 3] - boxes[..., 1]
     return (ws >= min_size) & (hs >= min_size)
+
+
+def batched_path(model: Any, **options: Any) -> BatchedDetector | None:
+    """The batched wrapper for a torchvision detector: :class:`BatchedFasterRCNN` for a box-only
+    ``FasterRCNN`` (v1, v2), :class:`~detector.models.batched_retinanet.BatchedRetinaNet` for a ``RetinaNet``
+    (v1, v2), each with the default resize; None for anything else (TorchScript, Mask R-CNN, SSD...).
+    ``options`` go to the wrapper (``nms_iterations``...)."""
+    from torchvision.models.detection.faster_rcnn import FasterRCNN
+    from torchvision.models.detection.retinanet import RetinaNet
+
+    if getattr(getattr(model, "transform", None), "fixed_size", 0) is not None:
+        return None
+    if isinstance(model, FasterRCNN):
+        heads = model.roi_heads
+        return None if heads.has_mask() or heads.has_keypoint() else BatchedFasterRCNN(model, **options)
+    if isinstance(model, RetinaNet):
+        from .batched_retinanet import BatchedRetinaNet
+
+        return BatchedRetinaNet(model, **options)
+    return None
 
 
 class SyncCounter(TorchDispatchMode):
