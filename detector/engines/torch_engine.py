@@ -7,6 +7,12 @@ many detections share a score. Here only the convolution stacks run in low
 precision -- backbone + FPN, the RPN / RetinaNet head towers, the box head --
 and their outputs are cast back to fp32, so the final class/box predictors,
 decoding, clipping, scores and NMS stay in fp32.
+
+On CUDA the four torchvision ResNet-50-FPN detectors (Faster R-CNN and RetinaNet, v1 and v2) run by
+default through the batched, sync-free path of :mod:`detector.models.batched` (the same modules and
+weights, torchvision's results, one host copy per batch); elsewhere, and for any other model,
+through the model's own forward. ``$DETECTOR_BATCHED`` (``auto``, ``on``, ``off``) or the engine's
+``batched`` argument forces it either way.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,10 +28,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import EngineError
+from ..errors import ConfigError, EngineError
 from .base import LOW_PRECISION_MODULES, first_line
 
 log = logging.getLogger(__name__)
+
+BATCHED_ENV = "DETECTOR_BATCHED"
+"""``auto`` (the default: the batched path on CUDA for the models it covers), ``on`` (wherever it covers
+the model, the CPU included) or ``off`` (the model's own forward)."""
+BATCHED_MODES = ("auto", "on", "off")
 
 AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -89,6 +101,16 @@ def compile_parts(model: nn.Module) -> list[nn.Module]:
     return [part]
 
 
+def batched_mode(value: str | None = None) -> str:
+    """``value``, else ``$DETECTOR_BATCHED``, else ``auto``; checked against :data:`BATCHED_MODES`."""
+    given = os.environ.get(BATCHED_ENV, "") if value is None else value
+    mode = given.strip().lower() or "auto"
+    if mode not in BATCHED_MODES:
+        source = BATCHED_ENV if value is None else "batched"
+        raise ConfigError(f"{source} must be auto, on or off, got {given!r}")
+    return mode
+
+
 class TorchEngine:
     """A torchvision-convention module (``model(list_of_CHW_RGB_0_1)``) under ``inference_mode``."""
 
@@ -102,6 +124,7 @@ class TorchEngine:
         precision: str = "fp32",
         channels_last: bool = False,
         compile: bool = False,
+        batched: str | None = None,
     ) -> None:
         model = model.to(device).eval()
         if channels_last:
@@ -117,6 +140,26 @@ class TorchEngine:
         self.compiled = compile_parts(model) if compile else []
         self.warmup_seconds: float | None = None
         """With ``compile``: how long the first call took (compiling included)."""
+        self.batched: Callable[[list[torch.Tensor]], list[dict[str, torch.Tensor]]] | None = None
+        """The batched, sync-free path in use (see :meth:`use_batched`), or None: the model's own forward."""
+        self.use_batched(batched)
+
+    def use_batched(self, mode: str | None = None) -> bool:
+        """Choose the path: ``auto`` (the default; ``None`` reads ``$DETECTOR_BATCHED``) takes the batched
+        path on CUDA where it covers the model, ``on`` wherever it covers it, ``off`` never. Returns
+        whether it is now in use. Both paths give torchvision's results; the batched one makes a CUDA
+        device wait far less (see :mod:`detector.models.batched`)."""
+        from ..models.batched import batched_path
+
+        mode = batched_mode(mode)
+        wrapper = None
+        if mode == "on" or (mode == "auto" and self.device.type == "cuda"):
+            wrapper = None if self._whole_model_autocast else batched_path(self.model)
+            if wrapper is None and mode == "on":
+                log.warning("%s: no batched path covers this model; it runs its own forward", type(self.model).__name__)
+        self.batched = wrapper
+        log.debug("torch engine: %s path", "batched" if wrapper is not None else "the model's own")
+        return wrapper is not None
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if not self._whole_model_autocast:
@@ -127,7 +170,7 @@ class TorchEngine:
         start = time.perf_counter()
         try:
             with torch.inference_mode(), self._autocast():
-                out = self.model(images)
+                out = (self.batched or self.model)(images)
         except Exception as exc:
             if self.compiled and type(exc).__module__.startswith(("torch._dynamo", "torch._inductor")):
                 raise EngineError(f"torch.compile failed ({first_line(exc)}); run without compile (--compile)") from exc
