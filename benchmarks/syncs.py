@@ -1,4 +1,5 @@
-"""Host syncs per batch of 16 frames: torchvision's Faster R-CNN forward against detector.models.batched.
+"""Host syncs per batch of 16 frames: torchvision's forward against the batched path (detector.models.batched,
+``batched_path``) for the four ResNet-50-FPN models (Faster R-CNN and RetinaNet, v1 and v2).
 
 Counted with ``SyncCounter`` (nonzero, boolean-mask indexing, ``.item()``, ``torchvision::nms``, copies between
 host and device), on the second batch (the first adds one-time copies of constants).
@@ -13,6 +14,8 @@ Random-init weights (the architecture decides the work; torchvision's count grow
 
     .venv/bin/python benchmarks/syncs.py
     .venv/bin/python benchmarks/syncs.py --device cuda --models fasterrcnn_resnet50_fpn
+
+One line per path and model: ``syncs per batch of 16: <path>:<model> <n>    (<where>: <events by name>)``.
 """
 
 from __future__ import annotations
@@ -26,12 +29,20 @@ import torchvision
 from common import VIDEO
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from detector.models.batched import BatchedFasterRCNN, SyncCounter
+from detector.models.batched import SyncCounter, batched_path
 
-BUILDERS = {
-    "fasterrcnn_resnet50_fpn": torchvision.models.detection.fasterrcnn_resnet50_fpn,
-    "fasterrcnn_resnet50_fpn_v2": torchvision.models.detection.fasterrcnn_resnet50_fpn_v2,
+NAMES = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "retinanet_resnet50_fpn", "retinanet_resnet50_fpn_v2")
+BUILDERS = {name: getattr(torchvision.models.detection, name) for name in NAMES}
+STAND_IN: dict[str, dict[str, Any]] = {
+    "fasterrcnn_resnet50_fpn": {"rpn_post_nms_top_n_test": 50},
+    "fasterrcnn_resnet50_fpn_v2": {"rpn_post_nms_top_n_test": 50},
+    "retinanet_resnet50_fpn": {"score_thresh": 0.0, "topk_candidates": 100},
+    "retinanet_resnet50_fpn_v2": {"score_thresh": 0.0, "topk_candidates": 100},
 }
+"""torchvision's CPU stand-in: tiny inputs (64 px), fewer proposals for Faster R-CNN; RetinaNet keeps every
+score (random weights put them near its 0.01 prior, under the 0.05 threshold: no NMS at all) but at most 100
+per level, so that its batched_nms runs once per image on the branch CUDA takes (boxes shifted by class;
+the CPU's per-class loop starts above 1,000 boxes)."""
 BATCH = 16
 
 
@@ -73,7 +84,7 @@ def report(path: str, name: str, where: str, result: tuple[int, dict[str, int]])
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["auto", "cuda", "fake"], default="auto")
-    parser.add_argument("--models", nargs="+", choices=sorted(BUILDERS), default=sorted(BUILDERS))
+    parser.add_argument("--models", nargs="+", choices=NAMES, default=list(NAMES))
     args = parser.parse_args()
     device = args.device
     if device == "auto":
@@ -83,17 +94,19 @@ def main() -> None:
             cuda = torch.device("cuda")
             model = build(name).to(cuda)
             frames = video_frames(BATCH, 720, 1280, cuda)
-            fast = BatchedFasterRCNN(model)
+            fast = batched_path(model)
+            assert fast is not None
             report("torchvision", name, "cuda, 720x1280", count(model, frames, "cuda"))
             report("batched", name, "cuda, 720x1280", count(fast, frames, "cuda"))
             continue
-        small = build(name, min_size=64, max_size=96, rpn_post_nms_top_n_test=50)
+        small = build(name, min_size=64, max_size=96, **STAND_IN[name])
         tiny = [torch.rand(3, 48 + 4 * i, 64, generator=torch.Generator().manual_seed(i)) for i in range(BATCH)]
         report("torchvision", name, "cpu stand-in, 64 px", count(small, tiny, "cpu"))
         model = build(name)
         with FakeTensorMode(allow_non_fake_inputs=True):
             model.to("cuda")
-            fast = BatchedFasterRCNN(model)
+            fast = batched_path(model)
+            assert fast is not None
             frames = [torch.rand(3, 720, 1280, device="cuda") for _ in range(BATCH)]
             # Up to the single host copy: reading the fake values (and any fallback) cannot run here.
             result = count(lambda batch, f=fast: f.run_device(batch).packed.cpu(), frames, "cuda")
