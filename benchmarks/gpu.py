@@ -5,6 +5,12 @@ real video, by batch size, precision and torch.compile, with the GPU named in th
   float, resize, backbone+FPN, heads, NMS) on batches, timed with the GPU synchronised.
 - end to end: ``detector.run()`` on the video (decode, batching, model, drawing, H.264/mp4
   and JSONL writing), as ``detector run VIDEO --batch-size B`` does.
+- both paths of the torch engine in the same run (``--paths both``, the default): torchvision's
+  own forward (``DETECTOR_BATCHED=off``) and the batched, sync-free one (``on``; the CUDA
+  default), with the host syncs of one batch counted (``SyncCounter``), so the gain is a ratio
+  from one run; then, per model and precision, whether the two paths gave the same detections
+  on one batch (scores exactly, boxes within 1e-3 px; fp16 is expected to agree as well: both
+  paths run the same autocast modules on the same padded batch, everything after them in fp32).
 
 Weights: torchvision's COCO weights when found locally (``detector weights list``), else
 random-init weights of the same architecture -- the compute per frame is the same, but
@@ -14,7 +20,8 @@ cost differ somewhat; the output says which.
     .venv/bin/python benchmarks/gpu.py                          # everything, on cuda
     .venv/bin/python benchmarks/gpu.py --models fasterrcnn_resnet50_fpn --batches 1 8 \\
         --precisions fp16 --compile both --frames 400
-    .venv/bin/python benchmarks/gpu.py --device cpu --min-size 128 --frames 6 --batches 1 2  # a smoke run
+    .venv/bin/python benchmarks/gpu.py --device cpu --min-size 128 --frames 6 --batches 1 2 \\
+        --models retinanet_resnet50_fpn --rounds 1 --detect-threads 1  # a smoke run (figures mean nothing)
 """
 
 from __future__ import annotations
@@ -25,12 +32,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from common import VIDEO, decode, median, sync
 
-from detector import Detector, load_config
+from detector import Detections, Detector, load_config
+from detector.engines.torch_engine import TorchEngine
 from detector.models import MODELS
 from detector.models import weights as W
+from detector.models.batched import SyncCounter
 from detector.runner import run
 
 
@@ -74,6 +84,55 @@ def end_to_end(detector: Detector, video: Path, frames: int, batch: int, threads
         results.append(r.frames / r.seconds)
         table, boxes = r.stats.table(), r.detections / r.frames
     return median(results), boxes, table
+
+
+PATHS = {"torchvision": "off", "batched": "on"}
+"""The torch engine's two paths, by the ``DETECTOR_BATCHED`` mode that selects each."""
+
+
+def use_path(detector: Detector, path: str) -> bool:
+    """Switch the detector's torch engine to ``path``; False where that path does not cover the model."""
+    engine = detector.engine
+    if not isinstance(engine, TorchEngine):
+        return path == "torchvision"
+    return engine.use_batched(PATHS[path]) == (path == "batched")
+
+
+def syncs_per_batch(detector: Detector, frames: list, batch: int) -> int:
+    """Host syncs (and host/device copies) of one warm batch, forward and postprocess (``SyncCounter``)."""
+    tensors = detector.preprocess(frames[:batch])
+    detector.postprocess(detector.forward(tensors))
+    with SyncCounter(detector.device.type) as counter:
+        detector.postprocess(detector.forward(tensors))
+    return counter.total
+
+
+def run_path(detector: Detector, path: str, tensors: list) -> list[Detections]:
+    if not use_path(detector, path):
+        raise RuntimeError(f"the {path} path does not cover {detector.name}")
+    return detector.postprocess(detector.forward(tensors))
+
+
+def agreement(detector: Detector, frames: list, batch: int) -> str:
+    """Whether the batched path gave torchvision's detections on one batch: per image the same count, the
+    same scores (sorted, exactly) and, row by row in (score, label, box) order, the same labels and boxes
+    within 1e-3 px; with the largest differences seen."""
+    tensors = detector.preprocess(frames[:batch])
+    want = run_path(detector, "torchvision", tensors)
+    got = run_path(detector, "batched", tensors)
+    same, score_diff, box_diff = 0, 0.0, 0.0
+    for a, b in zip(want, got, strict=True):
+        if len(a) != len(b):
+            continue
+        oa = np.lexsort((*a.boxes.T[::-1], a.labels, a.scores))
+        ob = np.lexsort((*b.boxes.T[::-1], b.labels, b.scores))
+        ds = float(np.abs(a.scores[oa] - b.scores[ob]).max(initial=0.0))
+        db = float(np.abs(a.boxes[oa] - b.boxes[ob]).max(initial=0.0))
+        score_diff, box_diff = max(score_diff, ds), max(box_diff, db)
+        same += ds == 0.0 and db <= 1e-3 and bool((a.labels[oa] == b.labels[ob]).all())
+    counts = ", ".join(f"{len(a)}/{len(b)}" for a, b in zip(want, got, strict=True))
+    return (f"{same}/{len(want)} images the same; max |score diff| {score_diff:.2e}, max |box diff| "
+            f"{box_diff:.2e} px; detections torchvision/batched per image: {counts}")  # fmt: skip
 
 
 def profile(detector: Detector, frames: list, batch: int) -> None:
@@ -122,6 +181,9 @@ def main() -> None:
     ap.add_argument("--channels-last", action="store_true", help="the model in channels-last memory format")
     ap.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN time its algorithms per input size")
     ap.add_argument("--profile", action="store_true", help="print where the largest batch's time goes (torch.profiler)")
+    ap.add_argument("--paths", choices=("both", *PATHS), default="both",
+                    help="the torch engine's path(s) to time: torchvision's own forward, the batched sync-free one "
+                         "(the CUDA default), or both in the same run (default) for the ratio")  # fmt: skip
     args = ap.parse_args()
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
@@ -135,9 +197,11 @@ def main() -> None:
           f"{args.frames} frames (mp4 + JSONL), median of {args.rounds} rounds, max detections "
           f"{args.max_detections}, cuDNN benchmark {'on' if args.cudnn_benchmark else 'off'}, channels-last "
           f"{'on' if args.channels_last else 'off'}\n")  # fmt: skip
-    print("| model | weights | precision | compile | batch | model only, frames/s | detect threads "
-          "| end to end, frames/s | boxes/frame | first batch, s |")  # fmt: skip
-    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|")
+    paths = list(PATHS) if args.paths == "both" else [args.paths]
+    print("| model | weights | precision | compile | path | syncs/batch | batch | model only, frames/s "
+          "| detect threads | end to end, frames/s | boxes/frame | first batch, s |")  # fmt: skip
+    print("|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    checks = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, precision, compiled in itertools.product(args.models, args.precisions, compiles):
             if precision == "fp16" and device.type != "cuda":
@@ -149,22 +213,38 @@ def main() -> None:
                                      "channels_last": args.channels_last})  # fmt: skip
             torch.manual_seed(0)
             detector = Detector.from_config(cfg, progress=False)
-            for batch in args.batches:
-                mo, warm = model_only(detector, frames, batch, args.rounds)
-                kind = "COCO" if weights is None else "random"
-                for threads in args.detect_threads:
-                    e2e, boxes, table = end_to_end(detector, args.video, args.frames, batch, threads, args.rounds,
-                                                   Path(tmp))  # fmt: skip
-                    print(f"| {name} | {kind} | {precision} | {'on' if compiled else 'off'} | {batch} | {mo:.1f} "
-                          f"| {threads} | {e2e:.1f} | {boxes:.1f} | {warm:.1f} |", flush=True)  # fmt: skip
-                    if args.stages:
-                        print("\n" + table + "\n", flush=True)
+            kind = "COCO" if weights is None else "random"
+            for path in paths:
+                if not use_path(detector, path):
+                    print(f"| {name} | {kind} | {precision} | {'on' if compiled else 'off'} | {path} | - | - "
+                          "| not covered | | | | |", flush=True)  # fmt: skip
+                    continue
+                syncs = syncs_per_batch(detector, frames, max(args.batches))
+                for batch in args.batches:
+                    mo, warm = model_only(detector, frames, batch, args.rounds)
+                    for threads in args.detect_threads:
+                        e2e, boxes, table = end_to_end(detector, args.video, args.frames, batch, threads, args.rounds,
+                                                       Path(tmp))  # fmt: skip
+                        print(f"| {name} | {kind} | {precision} | {'on' if compiled else 'off'} | {path} | {syncs} "
+                              f"| {batch} | {mo:.1f} | {threads} | {e2e:.1f} | {boxes:.1f} | {warm:.1f} |",
+                              flush=True)  # fmt: skip
+                        if args.stages:
+                            print("\n" + table + "\n", flush=True)
+            if len(paths) == 2 and use_path(detector, "batched"):
+                checks.append(f"- {name} {precision}{' compiled' if compiled else ''}, batch "
+                              f"{max(args.batches)}: {agreement(detector, frames, max(args.batches))}")  # fmt: skip
             if args.profile:
-                profile(detector, frames, max(args.batches))
+                for path in paths:
+                    if use_path(detector, path):
+                        print(f"\n{name} {precision}, {path} path:")
+                        profile(detector, frames, max(args.batches))
             del detector
             torch._dynamo.reset()  # compiled graphs of this model must not count against the next one's
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+    if checks:
+        print("\nbatched path against torchvision's on the same batch:")
+        print("\n".join(checks))
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ def build(name: str, **kwargs: Any) -> torch.nn.Module:
 def video_frames(n: int, height: int, width: int, device: torch.device) -> list[torch.Tensor]:
     """n frames of the test video, resized, as CHW float 0..1 on the device."""
     capture = cv2.VideoCapture(str(VIDEO))
-    frames = []
+    frames: list[torch.Tensor] = []
     try:
         while len(frames) < n:
             ok, bgr = capture.read()
