@@ -33,9 +33,11 @@ import json
 import logging
 import os
 import re
+import signal
+import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -90,26 +92,75 @@ def ray_session(ray: ModuleType, address: str | None) -> Iterator[None]:
     ctx.enable_operator_progress_bars = False
     for name in ("ray", "ray.data", "ray.util"):  # e.g. Ray Data's "progress bars disabled", its plans
         logging.getLogger(name).setLevel(logging.ERROR)
-    if ray.is_initialized():
-        yield
-        return
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # worker logs stay in Ray's log folder (log_to_driver off)
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # its notice on every local start
-    # The driver's C++ core worker logs to the console: e.g. an error-level note on every Ray Data actor
-    # (its constructor arguments are in the object store) that is not ours to fix.
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
-    target = address or os.environ.get("RAY_ADDRESS") or None
+    with _signals_kept() as reinstall:
+        if ray.is_initialized():
+            reinstall()
+            yield
+            return
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # worker logs stay in Ray's log folder (log_to_driver off)
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # its notice on every local start
+        # The driver's C++ core worker logs to the console: e.g. an error-level note on every Ray Data actor
+        # (its constructor arguments are in the object store) that is not ours to fix.
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+        target = address or os.environ.get("RAY_ADDRESS") or None
+        try:
+            with _quiet_stderr():  # the core worker's line saying it read RAY_BACKEND_LOG_LEVEL
+                ray.init(address=target, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+                         configure_logging=True)  # fmt: skip
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = f"the Ray cluster at {target}" if target else "a local Ray"
+            raise DetectorError(f"cannot start or reach {where}: {_first_line(exc)}") from None
+        reinstall()
+        try:
+            yield
+        finally:
+            ray.shutdown()
+
+
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+_received: list[int] = []
+"""The stop signals received during a run, in order: Ray's waits turn the :class:`Interrupted` the
+CLI's handler raises into a plain ``KeyboardInterrupt``, so this tells which signal it was."""
+
+
+@contextlib.contextmanager
+def _signals_kept() -> Iterator[Callable[[], None]]:
+    """Yields a function that puts back the stop-signal handlers in place now (the CLI's; ``ray.init``
+    sets its own for SIGTERM), each wrapped to note its signal in :data:`_received`; they are restored
+    as they were at the end."""
+    before: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for name in STOP_SIGNALS:
+            if hasattr(signal, name):
+                sig = getattr(signal, name)
+                before[sig] = signal.getsignal(sig)
+    _received.clear()
+
+    def noting(handler: Callable[[int, Any], Any]) -> Callable[[int, Any], Any]:
+        def note(signum: int, frame: Any) -> Any:
+            _received.append(signum)
+            return handler(signum, frame)
+
+        return note
+
+    def reinstall() -> None:
+        for sig, handler in before.items():
+            signal.signal(sig, noting(handler) if callable(handler) else handler)
+
     try:
-        with _quiet_stderr():  # the core worker's line saying it read RAY_BACKEND_LOG_LEVEL
-            ray.init(address=target, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
-                     configure_logging=True)  # fmt: skip
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        where = f"the Ray cluster at {target}" if target else "a local Ray"
-        raise DetectorError(f"cannot start or reach {where}: {_first_line(exc)}") from None
-    try:
-        yield
+        yield reinstall
     finally:
-        ray.shutdown()
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+def _as_interrupted(exc: KeyboardInterrupt) -> KeyboardInterrupt:
+    """The stop as the CLI raised it (:class:`Interrupted`), also when Ray turned it into a plain
+    ``KeyboardInterrupt``; a plain one when no signal handler of the CLI's saw it."""
+    if isinstance(exc, Interrupted) or not _received:
+        return exc
+    sig = signal.Signals(_received[0])
+    return Interrupted(sig.value, sig.name)
 
 
 @contextlib.contextmanager
@@ -426,11 +477,13 @@ def _run_images(ray: ModuleType, cfg: DetectorConfig, plan: ImagePlan, options: 
                 outcome.detections += int(count)
             if error is not None:
                 break
-    except Interrupted as exc:
-        kept = [str(p) for p in (plan.outputs.out, plan.outputs.json) if p is not None]
-        exc.detail = f"; the frames processed so far are in {' and '.join(kept)}"
+    except KeyboardInterrupt as exc:  # a stop signal: what is done is kept
+        stop = _as_interrupted(exc)
+        if isinstance(stop, Interrupted):
+            kept = [str(p) for p in (plan.outputs.out, plan.outputs.json) if p is not None]
+            stop.detail = f"; the frames processed so far are in {' and '.join(kept)}"
         _write_lines(plan, lines, failed=False)
-        raise
+        raise stop from None
     except Exception as exc:
         error = f"a Ray worker failed: {_first_line(exc)}"
     finally:
@@ -521,10 +574,12 @@ def _run_videos(ray: ModuleType, cfg: DetectorConfig, plan: FolderPlan, options:
                 bar.update(frames)
             if error is not None and running:  # the first error ends the run: the others stop where they are
                 progress.request_stop.remote()
-    except Interrupted as exc:
-        exc.detail = f"; the frames processed so far are in {plan.out}"
+    except KeyboardInterrupt as exc:  # a stop signal: the videos in progress are cut where they are, as in one process
+        stop = _as_interrupted(exc)
+        if isinstance(stop, Interrupted):
+            stop.detail = f"; the frames processed so far are in {plan.out}"
         _stop_videos(ray, progress, running)
-        raise
+        raise stop from None
     finally:
         bar.close()
     if error is not None:
