@@ -1,14 +1,19 @@
-"""Many live sources, one model: aggregate and per-source frames/s and frame age with 1, 2 and 4
+"""Many live sources, one model: aggregate and per-source frames/s and frame age with 1, 2, 4 and 8
 sources, each vtest.avi replayed live at ``--fps`` (a paced capture, as a camera would deliver),
 through ``detector.pipeline.multi_stream`` and the model (default d2go, on the CPU). Answers: does
-batching across four sources give more aggregate frames/s than one source alone?
+batching across four sources give more aggregate frames/s than one source alone? And, with
+``--processes``, against what users do without it: one process per camera, each loading the model
+and detecting its one source (all started at once, measured over the same seconds).
 
-    .venv/bin/python benchmarks/multi_source.py [--seconds 20] [--fps 10] [--counts 1,2,4]
+    .venv/bin/python benchmarks/multi_source.py [--seconds 20] [--fps 10] [--counts 1,2,4,8] [--processes 4]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 import time
 
 import cv2
@@ -53,8 +58,8 @@ def camera(fps: float, offset: int) -> LiveSource:
                       reconnect=False)  # fmt: skip
 
 
-def measure(model: detector.Detector, n: int, fps: float, seconds: float, warmup: float) -> dict:
-    sources = {f"cam{i}": (lambda i=i: camera(fps, 150 * i)) for i in range(n)}
+def measure(model: detector.Detector, n: int, fps: float, seconds: float, warmup: float, offset: int = 0) -> dict:
+    sources = {f"cam{i}": (lambda i=i: camera(fps, 150 * (i + offset))) for i in range(n)}
     counts = dict.fromkeys(sources, 0)
     ages: dict[str, list[float]] = {name: [] for name in sources}
     batches = 0
@@ -86,9 +91,16 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--warmup", type=float, default=3.0)
     ap.add_argument("--fps", type=float, default=10.0)
-    ap.add_argument("--counts", default="1,2,4")
+    ap.add_argument("--counts", default="1,2,4,8")
+    ap.add_argument("--processes", type=int, default=0, help="also run N processes of one camera each")
+    ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)  # one camera (offset), JSON out
     args = ap.parse_args()
     model = detector.load(args.model, device="cpu")
+    if args.child is not None:
+        r = measure(model, 1, args.fps, args.seconds, args.warmup, offset=args.child)
+        print(json.dumps({"frames": sum(r["counts"].values()), "span": r["span"],
+                          "ages": [a for v in r["ages"].values() for a in v]}))  # fmt: skip
+        return
     first = cv2.VideoCapture(str(VIDEO)).read()[1]
     for _ in range(3):
         model(first)
@@ -112,6 +124,20 @@ def main() -> None:
         dropped = sum(h["dropped"] for h in r["health"].values())
         print(f"| {n} | {aggregate[n]:.1f} | {per} | {total / max(r['batches'], 1):.2f} | "
               f"{np.median(ages):.0f} | {np.percentile(ages, 95):.0f} | {dropped} |")  # fmt: skip
+    if args.processes:
+        n = args.processes
+        cmd = [sys.executable, __file__, "--model", args.model, "--seconds", str(args.seconds), "--warmup",
+               str(args.warmup + 10), "--fps", str(args.fps)]  # fmt: skip  # more warm-up: n models load at once
+        procs = [subprocess.Popen([*cmd, "--child", str(i)], stdout=subprocess.PIPE, text=True) for i in range(n)]
+        got = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+        total = sum(g["frames"] / g["span"] for g in got)
+        ages = np.asarray([a for g in got for a in g["ages"]] or [0.0])
+        per = " / ".join(f"{g['frames'] / g['span']:.1f}" for g in got)
+        print(f"| {n} processes, one camera each | {total:.1f} | {per} | 1 | {np.median(ages):.0f} | "
+              f"{np.percentile(ages, 95):.0f} | - |")  # fmt: skip
+        if n in aggregate:
+            print(f"\n{n} sources in one process vs {n} processes of one: {aggregate[n]:.1f} vs {total:.1f} "
+                  f"aggregate frames/s ({aggregate[n] / max(total, 1e-9):.2f}x)")  # fmt: skip
     if 1 in aggregate and 4 in aggregate:
         gain = aggregate[4] / aggregate[1]
         verdict = "more" if gain > 1.05 else "no more"
