@@ -213,7 +213,26 @@ def test_a_fixed_size_too_small_is_flagged_and_redone_by_torchvision(name, frame
     expected, _ = reference(name, batch)
     for e, g in zip(expected, fast.unpack(host, state), strict=True):
         assert_same(e, g)
+    assert (fast.images, fast.fallbacks) == (3, 3)
     assert fast([]) == []
+
+
+def test_retinanet_redoes_only_the_flagged_images(frames, models, reference) -> None:
+    """nms_topk 100 at the higher threshold: the image with thousands of candidates is flagged (its NMS saw too
+    few of them to fill 300), the two with fewer than 100 are not; torchvision redoes the first alone."""
+    name, threshold = "retinanet_resnet50_fpn", HIGH["retinanet_resnet50_fpn"]
+    batch = [frames[0], frames[6], frames[2]]
+    expected, _ = reference(name, batch, threshold)
+    fast = fast_path(models[name], nms_topk=100)
+    with score_threshold(models[name], threshold):
+        state = fast.run_device(batch)
+        host = state.packed.cpu()
+        assert host[:, -1].tolist() == [1.0, 0.0, 0.0]
+        got = fast.unpack(host, state)
+    assert len(got[0]["scores"]) == 300 and all(len(g["scores"]) < 100 for g in got[1:])
+    for e, g in zip(expected, got, strict=True):
+        assert_same(e, g)
+    assert (fast.images, fast.fallbacks) == (3, 1)
 
 
 def test_batched_greedy_nms_equals_torchvision_nms() -> None:

@@ -150,6 +150,10 @@ class BatchedDetector:
         self.nms_iterations = nms_iterations
         self._constants: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
         self._anchors: dict[tuple[Any, ...], Tensor] = {}
+        self.images = 0
+        """Images unpacked so far."""
+        self.fallbacks = 0
+        """Of those, images whose result came from torchvision's code (a fixed size was too small)."""
 
     # -- public -------------------------------------------------------------------------------------------
 
@@ -177,13 +181,15 @@ class BatchedDetector:
             rows = per_det[i, :count]
             results.append({"boxes": rows[:, :4].clone(), "scores": rows[:, 4].clone(), "labels": rows[:, 5].long()})
         if flagged:
-            exact = self._torchvision_heads(batch)
+            exact = self._torchvision_heads(batch, flagged)
             for i in flagged:
                 results[i] = {k: v.cpu() for k, v in exact[i].items()}
+        self.images += len(results)
+        self.fallbacks += len(flagged)
         return results
 
-    def _torchvision_heads(self, batch: _Batch) -> list[dict[str, Tensor]]:
-        """torchvision's own code from this batch's features on: its exact results."""
+    def _torchvision_heads(self, batch: _Batch, flagged: list[int]) -> dict[int, dict[str, Tensor]]:
+        """torchvision's own code from this batch's features on: its exact results, at least for ``flagged``."""
         raise NotImplementedError
 
     # -- shared steps -------------------------------------------------------------------------------------
@@ -439,8 +445,10 @@ class BatchedFasterRCNN(BatchedDetector):
 
     # -- fallback -----------------------------------------------------------------------------------------
 
-    def _torchvision_heads(self, batch: _Batch) -> list[dict[str, Tensor]]:
-        """torchvision's own RPN, RoI heads and postprocess on this batch's features: its exact results."""
+    def _torchvision_heads(self, batch: _Batch, flagged: list[int]) -> dict[int, dict[str, Tensor]]:
+        """torchvision's own RPN, RoI heads and postprocess on this batch's features: its exact results.
+
+        The whole batch, not only the flagged images: the box head's matrix products round by batch size."""
         from torchvision.models.detection.image_list import ImageList
 
         model = self.model
@@ -448,7 +456,8 @@ class BatchedFasterRCNN(BatchedDetector):
         with torch.no_grad():
             proposals, _ = model.rpn(image_list, batch.features)
             detections, _ = model.roi_heads(batch.features, proposals, batch.image_sizes)
-            return model.transform.postprocess(detections, batch.image_sizes, batch.original_sizes)
+            results = model.transform.postprocess(detections, batch.image_sizes, batch.original_sizes)
+        return dict(enumerate(results))
 
 
 def _decode(coder: Any, rel_codes: Tensor, boxes: Tensor) -> Tensor:

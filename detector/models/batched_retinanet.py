@@ -32,12 +32,13 @@ class BatchedRetinaNet(BatchedDetector):
     model's device (sizes may differ); results are host tensors ``boxes`` (N, 4) float32, ``scores`` (N,)
     float32, ``labels`` (N,) int64 per image.
 
-    ``nms_topk``: the best-scoring candidates per image (of up to ``topk_candidates`` per level) that the NMS
-    considers (fixed size); ``nms_iterations``: the bound on the fixed-point iteration. Either, too small for
-    a batch, costs a fallback to torchvision's code, never a different result.
+    ``nms_topk``: the best-scoring candidates per image (of up to ``topk_candidates`` per level, 5,000 with
+    torchvision's defaults) that the NMS considers (fixed size: an (N, N) matrix per image);
+    ``nms_iterations``: the bound on the fixed-point iteration. Either, too small for an image, costs that
+    image a fallback to torchvision's code (counted in ``fallbacks``), never a different result.
     """
 
-    def __init__(self, model: Any, *, nms_topk: int = 1000, nms_iterations: int = 32) -> None:
+    def __init__(self, model: Any, *, nms_topk: int = 2000, nms_iterations: int = 32) -> None:
         from torchvision.models.detection.retinanet import RetinaNet
 
         if not isinstance(model, RetinaNet):
@@ -115,15 +116,20 @@ class BatchedRetinaNet(BatchedDetector):
         complete = (keep.sum(dim=1) >= d) | (count <= k)
         return out_boxes, out_scores, out_labels, counts, converged & complete
 
-    def _torchvision_heads(self, batch: _Batch) -> list[dict[str, Tensor]]:
-        """torchvision's own postprocess_detections and transform.postprocess on this batch's head outputs."""
+    def _torchvision_heads(self, batch: _Batch, flagged: list[int]) -> dict[int, dict[str, Tensor]]:
+        """torchvision's own postprocess_detections and transform.postprocess on the flagged images' head
+        outputs (it works image by image: a subset gives each image the result the whole batch would)."""
         head_outputs, anchors = batch.heads
         feats = list(batch.features.values())
         hw = [f.shape[-2] * f.shape[-1] for f in feats]
         per_anchor = head_outputs["cls_logits"].shape[1] // sum(hw)
         split = [x * per_anchor for x in hw]
-        outputs = {k: list(v.split(split, dim=1)) for k, v in head_outputs.items()}
-        per_image = [list(anchors.split(split))] * len(batch.image_sizes)
+        index = torch.tensor(flagged, device=anchors.device)
+        outputs = {k: list(v.index_select(0, index).split(split, dim=1)) for k, v in head_outputs.items()}
+        image_sizes = [batch.image_sizes[i] for i in flagged]
+        original_sizes = [batch.original_sizes[i] for i in flagged]
+        per_image = [list(anchors.split(split))] * len(flagged)
         with torch.no_grad():
-            detections = self.model.postprocess_detections(outputs, per_image, batch.image_sizes)
-            return self.model.transform.postprocess(detections, batch.image_sizes, batch.original_sizes)
+            detections = self.model.postprocess_detections(outputs, per_image, image_sizes)
+            results = self.model.transform.postprocess(detections, image_sizes, original_sizes)
+        return dict(zip(flagged, results, strict=True))
