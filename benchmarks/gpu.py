@@ -231,8 +231,11 @@ def main() -> None:
                         if args.stages:
                             print("\n" + table + "\n", flush=True)
             if len(paths) == 2 and use_path(detector, "batched"):
+                check = agreement(detector, frames, max(args.batches))
+                fast = detector.engine.batched if isinstance(detector.engine, TorchEngine) else None
+                redone = f"; {fast.fallbacks} of {fast.images} images redone by torchvision" if fast else ""
                 checks.append(f"- {name} {precision}{' compiled' if compiled else ''}, batch "
-                              f"{max(args.batches)}: {agreement(detector, frames, max(args.batches))}")  # fmt: skip
+                              f"{max(args.batches)}: {check}{redone}")  # fmt: skip
             if args.profile:
                 for path in paths:
                     if use_path(detector, path):

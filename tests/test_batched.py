@@ -357,6 +357,7 @@ def test_the_engine_forced_on_gives_torchvisions_results(frames, monkeypatch) ->
     detector = Detector.from_config(tiny_config("retinanet_resnet50_fpn", score_threshold=0.0), progress=False)
     engine = detector.engine
     assert isinstance(engine, TorchEngine) and isinstance(engine.batched, BatchedRetinaNet)
+    fast = engine.batched
     calls: list[int] = []
     real = BatchedRetinaNet.run_device
 
@@ -376,7 +377,8 @@ def test_the_engine_forced_on_gives_torchvisions_results(frames, monkeypatch) ->
 
     monkeypatch.setenv(BATCHED_ENV, "auto")
     assert engine.use_batched() is False and engine.batched is None  # the CPU keeps torchvision's path
-    assert engine.use_batched("on") is True and engine.use_batched("off") is False
+    assert engine.use_batched("on") is True and engine.batched is fast  # one wrapper per engine: its counts go on
+    assert fast.images == 3 and engine.use_batched("off") is False
     assert batched_mode(" ON ") == "on"
     monkeypatch.setenv(BATCHED_ENV, "fast")
     with pytest.raises(ConfigError, match="DETECTOR_BATCHED must be auto, on or off, got 'fast'"):

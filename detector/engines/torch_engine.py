@@ -23,13 +23,16 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError, EngineError
 from .base import LOW_PRECISION_MODULES, first_line
+
+if TYPE_CHECKING:
+    from ..models.batched import BatchedDetector
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +143,8 @@ class TorchEngine:
         self.compiled = compile_parts(model) if compile else []
         self.warmup_seconds: float | None = None
         """With ``compile``: how long the first call took (compiling included)."""
-        self.batched: Callable[[list[torch.Tensor]], list[dict[str, torch.Tensor]]] | None = None
+        self.batched: BatchedDetector | None = None
+        self._covered: tuple[BatchedDetector | None] | None = None
         """The batched, sync-free path in use (see :meth:`use_batched`), or None: the model's own forward."""
         self.use_batched(batched)
 
@@ -154,7 +158,9 @@ class TorchEngine:
         mode = batched_mode(mode)
         wrapper = None
         if mode == "on" or (mode == "auto" and self.device.type == "cuda"):
-            wrapper = None if self._whole_model_autocast else batched_path(self.model)
+            if self._covered is None:  # built once: it keeps its device constants, anchors and counts
+                self._covered = (None if self._whole_model_autocast else batched_path(self.model),)
+            wrapper = self._covered[0]
             if wrapper is None and mode == "on":
                 log.warning("%s: no batched path covers this model; it runs its own forward", type(self.model).__name__)
         self.batched = wrapper
