@@ -24,8 +24,8 @@ DEVICES_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 """int8 is OpenVINO's (NNCF post-training quantization); fp16 is CUDA's."""
 CONFIG_PRECISIONS = (*PRECISIONS, "auto")
-"""``auto``: the fastest this CPU runs well on OpenVINO (int8 with VNNI/AMX, else bf16 where native, else
-fp32), chosen when the model loads; fp32 on the torch engine."""
+"""``auto``: the fastest this CPU runs well on OpenVINO (int8 with VNNI/AMX or AVX2, else bf16 where native,
+else fp32), chosen when the model loads; fp32 on the torch engine."""
 ENGINES = ("auto", "torch", "openvino", "onnxruntime")
 EXPORT_PRECISIONS = ("fp32", "bf16", "int8")
 """What an exported model can run at (fp16 is CUDA's, and exports run on the CPU; int8 is quantized

@@ -420,23 +420,29 @@ def test_fast_preset_is_the_openvino_config(tmp_path: Path, capsys: pytest.Captu
 
 def test_fast_preset_chooses_the_precision_per_cpu(monkeypatch: pytest.MonkeyPatch,
                                                    caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
-    """``precision: auto`` (the fast preset): int8 where VNNI/AMX exists and NNCF is there, else bf16 where
-    native, else fp32, said in one log line; fp32 on the torch engine. Each CPU kind is simulated."""
+    """``precision: auto`` (the fast preset): int8 where VNNI/AMX or AVX2 exists and NNCF is there, else bf16
+    where native, else fp32, said in one log line; fp32 on the torch engine. Each CPU kind is simulated."""
     from detector.engines import openvino_engine as ove
     from detector.predictor import _auto_precision
 
     cfg = load_config("fast_cpu")
     assert cfg.precision == "auto"
-    for flags, bf16, want in ((["avx512_vnni"], True, "int8"), ([], True, "bf16"), ([], False, "fp32"),
-                              (["amx_int8"], False, "int8")):  # fmt: skip
+    for flags, avx2, bf16, want, why in (
+        (["avx512_vnni"], True, True, "int8", "avx512_vnni"),
+        (["amx_int8"], True, False, "int8", "amx_int8"),
+        ([], True, False, "int8", "AVX2 without VNNI: 7-bit weights"),  # NNCF's overflow fix (see test_int8)
+        ([], False, True, "bf16", "native bf16"),
+        ([], False, False, "fp32", "no AVX2"),
+    ):
         monkeypatch.setattr(ove, "int8_dot_product_flags", lambda cpuinfo=None, f=flags: f)
+        monkeypatch.setattr(ove, "_cpu_flags", lambda cpuinfo=None, a=avx2: {"avx2"} if a else set())
         monkeypatch.setattr(ove, "cpu_has_bf16", lambda core, b=bf16: b)
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="detector.predictor"):
             assert _auto_precision(cfg) == want
         (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("fast: ")]
         assert line.startswith(f"fast: retinanet_resnet50_fpn, 320 px, {want} (")
-        assert (flags[0] if flags else "") in line
+        assert why in line, line
     assert _auto_precision(cfg.replace(engine="torch")) == "fp32"
     monkeypatch.undo()
     assert ove.int8_dot_product_flags("flags\t: fpu avx2 avx512_vnni avx_vnni\n") == ["avx512_vnni", "avx_vnni"]

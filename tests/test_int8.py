@@ -296,3 +296,52 @@ def test_int8_mistakes_are_one_line(quantized: dict[str, tuple[Path, Any]], caps
     assert not cpu_has_int8_dot_product("flags\t: fpu sse avx2 fma\n")  # AVX2 only: int8 runs, slower (warned)
     assert cpu_has_int8_dot_product("flags\t: fpu avx2 avx512f avx512_vnni\n")
     assert cpu_has_int8_dot_product("Features\t: fp asimd\n")  # not x86: nothing to warn about
+
+
+def _int8_weight_range(model: Any) -> int:
+    """The largest |value| among the model's int8 weight constants (7-bit weights stay within 64)."""
+    peak = 0
+    for op in model.get_ordered_ops():
+        if op.get_type_name() == "Constant" and op.get_element_type() == ov.Type.i8:
+            peak = max(peak, int(np.abs(op.get_data().astype(np.int16)).max()))
+    return peak
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop(*args: object) -> None:
+    raise _Stop
+
+
+def test_without_vnni_every_layer_gets_7_bit_weights_and_says_so(
+    quantized: dict[str, tuple[Path, Any]], calibration: CalibrationSet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CPU without VNNI/AMX (AVX2 only, or oneDNN capped to it) multiplies u8 x s8 into 16-bit sums that
+    saturate; NNCF's overflow fix quantizes every layer's weights to 7 bits there. Which one a model got
+    follows the CPU it is quantized on, is recorded in the model, and is part of the cache key."""
+    from detector.engines import load, quantize
+
+    onnx, default = quantized["retinanet_resnet50_fpn"]
+    here = quantize.needs_overflow_fix()
+    assert str(default.get_rt_info(quantize.OVERFLOW_FIX_KEY).astype(str)) == ("enable" if here else "default")
+    other = quantize_openvino(onnx, calibration, overflow_fix=not here)
+    fixed, plain = (default, other) if here else (other, default)
+    assert _int8_weight_range(fixed) <= 64 < _int8_weight_range(plain), "7-bit weights in every layer, or not"
+    assert str(fixed.get_rt_info(quantize.OVERFLOW_FIX_KEY).astype(str)) == "enable"
+    # the choice follows oneDNN's ISA cap (an AVX2 cap: no VNNI) and gives another cache entry
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert quantize.needs_overflow_fix()
+    keys = []
+    for cap in ("AVX2", "ALL"):
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+        seen: list[str] = []
+        monkeypatch.setattr(load, "cache_key", lambda cfg, sha, fmt, key, seen=seen: seen.append(key) or "x")
+        monkeypatch.setattr(load, "_open_cached", _stop)
+        cfg = load_config(None, {"model": "retinanet_resnet50_fpn", **SIZES, "engine": "openvino",
+                                 "precision": "int8"})  # fmt: skip
+        with pytest.raises(_Stop):
+            load.load_cached(cfg, progress=False)
+        keys.append(seen[0])
+    assert keys[0] == keys[1] + "+overflow-fix" if not here else keys[0] == keys[1], keys

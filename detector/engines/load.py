@@ -151,7 +151,12 @@ def load_cached(cfg: DetectorConfig, *, progress: bool = True) -> tuple[Engine, 
     if cfg.weights == "random":  # no file to fingerprint: the (seeded) tensors are the weights
         model, names, _ = build_model(cfg, progress=progress)
     sha = weights_sha256(cfg, model)
-    entry = exports_dir() / f"{cfg.model}-{cache_key(cfg, sha, fmt, calibration.key if calibration else None)}"
+    key = calibration.key if calibration else None
+    from .quantize import needs_overflow_fix
+
+    if key is not None and needs_overflow_fix():  # quantized for a CPU without VNNI: 7-bit weights, another file
+        key += "+overflow-fix"
+    entry = exports_dir() / f"{cfg.model}-{cache_key(cfg, sha, fmt, key)}"
     path = entry / ("model.xml" if fmt == "openvino" else "model.onnx")
     hit = _open_cached(path, cfg)
     if hit is not None:

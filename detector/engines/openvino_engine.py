@@ -94,18 +94,24 @@ def cpu_has_int8_dot_product(cpuinfo: str | None = None) -> bool:
 
 def best_cpu_precision() -> tuple[str, str]:
     """``(precision, why)``: the fastest precision this CPU runs well on OpenVINO, among those whose
-    fidelity was measured to hold (FPN cosine >= 0.99 to fp32: int8 0.9988-0.9990, bf16 0.9999;
-    README "Engines and export"): int8 where VNNI/AMX exists and NNCF is installed, else bf16 where
-    native, else fp32."""
+    fidelity was measured to hold (FPN cosine >= 0.99 to fp32: int8 0.9988-0.9990 with VNNI, 0.998 on
+    AVX2 with 7-bit weights, bf16 0.9999; README "Engines and export"): int8 where NNCF is installed and
+    the CPU has VNNI/AMX or AVX2 (there quantized with NNCF's overflow fix: 2.9x f32, measured with
+    oneDNN capped to AVX2), else bf16 where native, else fp32."""
     import importlib.util
 
     found = int8_dot_product_flags()
-    if found and importlib.util.find_spec("nncf") is not None:
+    nncf = importlib.util.find_spec("nncf") is not None
+    if nncf and found:
         return "int8", found[0]
+    if nncf and "avx2" in _cpu_flags():
+        return "int8", "AVX2 without VNNI: 7-bit weights"
     core = require("openvino").Core()
     if cpu_has_bf16(core):
         return "bf16", "native bf16"
-    why = "no VNNI/AMX or native bf16" if not found else f"{found[0]}, but nncf is not installed"
+    why = "no AVX2, VNNI/AMX or native bf16" if not found else f"{found[0]}, but nncf is not installed"
+    if not nncf and "avx2" in _cpu_flags():
+        why = "nncf is not installed"
     return "fp32", why
 
 
@@ -163,7 +169,20 @@ class OpenVINOEngine:
         if quantized and not cpu_has_int8_dot_product():
             log.warning("this CPU has no int8 dot-product instructions (%s): int8 runs, but slower than on one "
                         "that has them", " / ".join(INT8_DOT_PRODUCT))  # fmt: skip
+            if self._overflow_fix() != "enable":
+                log.warning("%s was quantized for a CPU with VNNI/AMX: here its int8 sums can saturate (RetinaNet's "
+                            "FPN fidelity fell from 0.999 to 0.98); re-export it on this CPU (`detector export ... "
+                            "--precision int8`), which quantizes for it", self.path.name)  # fmt: skip
         return precision
+
+    def _overflow_fix(self) -> str | None:
+        """How the model was quantized for CPUs without VNNI (``quantize.OVERFLOW_FIX_KEY``); None if unsaid."""
+        from .quantize import OVERFLOW_FIX_KEY
+
+        try:
+            return str(self._model.get_rt_info(OVERFLOW_FIX_KEY).astype(str))
+        except (RuntimeError, KeyError, AttributeError):
+            return None
 
     def request_for(self, height: int, width: int) -> Any:
         """The infer request for ``(height, width)`` images, compiled on first use and kept."""
