@@ -446,11 +446,14 @@ def _run_images(ray: ModuleType, cfg: DetectorConfig, plan: ImagePlan, options: 
     paths = plan.paths[: options.max_frames] if options.max_frames else plan.paths
     names = image_names(plan.paths, plan.base)[: len(paths)]
     batch = options.batch_size or (8 if place.num_gpus else 1)  # the single-process default on each device
-    chunks = [{"index": list(range(i, min(i + batch, len(paths)))),
-               "path": [str(p.resolve()) for p in paths[i : i + batch]], "name": names[i : i + batch]}
-              for i in range(0, len(paths), batch)]  # fmt: skip
+    # Blocks of whole batches (so each batch is the consecutive images a single-process run batches
+    # together); several per block, up to about 16 images, as Ray's cost is per block -- while there
+    # are still 4 blocks per worker to share.
+    per_block = batch * max(1, min(16 // batch, -(-len(paths) // (batch * place.workers * 4))))
+    chunks = [{"index": list(range(i, min(i + per_block, len(paths)))),
+               "path": [str(p.resolve()) for p in paths[i : i + per_block]], "name": names[i : i + per_block]}
+              for i in range(0, len(paths), per_block)]  # fmt: skip
     out = str(plan.outputs.out.resolve()) if plan.outputs.out is not None else None
-    # One chunk per block: each batch is the consecutive images a single-process run batches together.
     ds = ray.data.from_items(chunks, override_num_blocks=len(chunks))
     # Decoding asks for no CPU of its own (the actors hold them all), so it is bounded by a pool size.
     ds = ds.flat_map(decode_chunk, num_cpus=0, compute=ray.data.TaskPoolStrategy(size=2 * place.workers))
