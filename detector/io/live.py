@@ -9,6 +9,7 @@ continuous failure; opening an unreachable stream fails within ``open_timeout``.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,13 +29,22 @@ def _capture_stream(url: str, open_timeout: float) -> cv2.VideoCapture:
     return cv2.VideoCapture(url, cv2.CAP_FFMPEG, params)
 
 
+SECRET_QUERY = re.compile(
+    r"([?&;](?:user(?:name)?|usr|login|pass(?:word|wd)?|pwd|psw|token|access_token|(?:api_?)?key|auth|secret"
+    r"|sig(?:nature)?)=)[^&#\s]*",
+    re.IGNORECASE,
+)
+"""Query parameters that carry credentials in camera URLs (``?user=admin&pwd=...``): their values are hidden."""
+
+
 def redact(url: str) -> str:
-    """The URL without a password, for messages and logs."""
+    """The URL without a password (in ``user:password@`` or in credential query parameters), for messages,
+    logs and the live view's stats."""
     if "@" in url and "://" in url:
         scheme, rest = url.split("://", 1)
         creds, host = rest.rsplit("@", 1)
-        return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
-    return url
+        url = f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
+    return SECRET_QUERY.sub(r"\1***", url)
 
 
 class LiveSource(Source):

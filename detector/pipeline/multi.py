@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SourceError
-from ..io.live import open_camera, open_stream, redact
+from ..io.live import SECRET_QUERY, open_camera, open_stream, redact
 from ..io.sources import STREAM_SCHEMES, open_source
 from ..io.types import Frame, Source, SourceInfo
 from ..predictor import Detector
@@ -41,8 +41,9 @@ _PASSWORD = re.compile(r"(\w+://[^:/@\s]+):[^@\s]*@")
 
 
 def redact_text(text: str) -> str:
-    """Every ``scheme://user:password@`` in ``text`` with the password replaced by ``***``."""
-    return _PASSWORD.sub(r"\1:***@", text)
+    """Every ``scheme://user:password@`` in ``text`` with the password replaced by ``***``, and the values of
+    credential query parameters (``?user=...&pwd=...``) too."""
+    return SECRET_QUERY.sub(r"\1***", _PASSWORD.sub(r"\1:***@", text))
 
 
 def _one_line(exc: BaseException) -> str:
