@@ -174,9 +174,8 @@ def test_hygiene_headers_on_every_response(served: BrowserSink) -> None:
         csp = h["content-security-policy"]
         assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp and "unsafe" not in csp
         sources = {d.split()[0]: d.split()[1:] for d in csp.split("; ")}
-        for kind in ("script-src", "style-src", "connect-src"):
-            assert sources[kind] == ["'self'"], csp
-        assert sources["img-src"] == ["'self'", "blob:"], csp  # blob: only for the grid's script-made frames
+        for kind in ("script-src", "style-src", "img-src", "connect-src"):
+            assert sources[kind] == ["'self'"], csp  # the grid page alone adds blob: images (test below)
         assert h["server"].startswith("detector") and "Python" not in h["server"]
 
 
@@ -677,8 +676,12 @@ def test_a_grid_serves_each_source_and_guards_every_stream_alike() -> None:
             assert get(sink, path)[0] == 401, path
         assert get(sink, "/stream/nobody.mjpg" + q)[0] == 404
         assert get(sink, "/stream.mjpg" + q)[0] == 404, "a grid has no unnamed stream"
-        status, _, page = get(sink, "/" + q)
+        status, headers, page = get(sink, "/" + q)
         assert status == 200 and all(f'data-source="{n}"' in page.decode() for n in names)
+        csp = {d.split()[0]: d.split()[1:] for d in headers["content-security-policy"].split("; ")}
+        assert csp["img-src"] == ["'self'", "blob:"] and csp["script-src"] == ["'self'"], csp
+        assert "blob:" not in get(sink, "/stats.json" + q)[1]["content-security-policy"], "the page only"
+        assert get(sink, "/", {"Host": "evil.example"})[0] in (401, 403), "no token, no page"
         # the grid's one stream carries every source, each part naming it, with that source's own frame
         parts = read_parts(sink.port, "/grid.mjpg" + q, 12)
         seen = {}

@@ -4,8 +4,8 @@ Two pages: one source's (an ``<img>`` on ``/stream.mjpg``), and the grid of seve
 every source's frames from one multiplexed MJPEG stream (``/grid.mjpg``, each part naming its source) and shows
 each in its tile: one connection whatever the number of sources (a browser opens at most six per server, so an
 ``<img>`` stream per tile would leave the seventh tile blank). The pages load nothing from elsewhere and run no
-inline script, so the CSP below allows only the pages' own files (and the ``blob:`` images the grid's script
-makes of the frames); the headers stop caching, sniffing, framing and referrers on every response, errors
+inline script, so the CSP below allows only the pages' own files (the grid page also the ``blob:`` images
+its script makes of the frames); the headers stop caching, sniffing, framing and referrers on every response, errors
 included. Text that comes from a source (its state, its last error) is set with ``textContent``, never as HTML.
 """
 
@@ -19,7 +19,7 @@ SECURITY_HEADERS: tuple[tuple[str, str], ...] = (
     ("X-Content-Type-Options", "nosniff"),
     (
         "Content-Security-Policy",
-        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; connect-src 'self'; "
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
         "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
     ),
     ("X-Frame-Options", "DENY"),
@@ -54,6 +54,9 @@ SCRIPT = """async function poll() {
 setInterval(poll, 500); poll();
 """
 
+
+GRID_CSP = dict(SECURITY_HEADERS)["Content-Security-Policy"].replace("img-src 'self';", "img-src 'self' blob:;")
+"""The grid page's own CSP: its script shows frames as ``blob:`` images it makes (only the grid page gets it)."""
 
 GRID_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
@@ -140,7 +143,7 @@ async function stream() {  // one multipart stream, each part naming its source 
 }
 
 function describe(s) {
-  if (s.state === 'running') {
+  if (s.state === 'running' || s.state === undefined) {
     const age = s.age_ms && s.age_ms.p95 !== undefined ? ` · age p95 ${Math.round(s.age_ms.p95)} ms` : '';
     return `${(s.fps || 0).toFixed(1)} fps${age} · ${s.detections || 0} objects · ${s.dropped || 0} dropped`;
   }
@@ -155,7 +158,7 @@ async function poll() {
     for (const [name, st] of Object.entries(s.sources)) {
       const tile = tiles.get(name);
       if (!tile) continue;
-      const live = st.state === 'running';
+      const live = st.state === undefined ? st.frame !== undefined : st.state === 'running';  // no health: frames
       running += live ? 1 : 0;
       tile.classList.toggle('stalled', !live);
       tile.querySelector('.state').textContent = describe(st);

@@ -44,6 +44,7 @@ from ..errors import SinkError
 from .view_access import Access, bind_socket, redact
 from .view_page import (
     BOUNDARY,
+    GRID_CSP,
     GRID_PAGE,
     GRID_SCRIPT,
     GRID_STYLE,
@@ -88,7 +89,8 @@ def respond(
 
 
 def response_headers(*extra: tuple[str, str]) -> dict[str, str]:
-    return dict((*extra, *SECURITY_HEADERS, ("Server", SERVER_NAME)))
+    """The security headers and our Server name, with ``extra`` added (or replacing one: the grid's CSP)."""
+    return dict((*SECURITY_HEADERS, ("Server", SERVER_NAME), *extra))
 
 
 class FrameSlot:
@@ -120,7 +122,8 @@ class FrameSlot:
             self._seq += 1
             if stats:
                 self._stats.update(stats)
-            wake, self._wake_pending = not self._wake_pending, True
+            wake = self._loop is not None and not self._wake_pending
+            self._wake_pending = self._wake_pending or wake
         if wake and self._loop is not None:
             try:
                 self._loop.call_soon_threadsafe(self._wake)
@@ -467,6 +470,7 @@ class LiveViewServer:
         if self.grid:
             tiles = "\n".join(GRID_TILE.format(name=html.escape(name)) for name in self.slots)
             page = GRID_PAGE.format(title=title, tiles=tiles)
+            extra = (*extra, ("Content-Security-Policy", GRID_CSP))
         else:
             page = PAGE.format(title=title)
         return respond(page.encode(), "text/html; charset=utf-8", *extra)
