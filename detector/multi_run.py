@@ -105,8 +105,8 @@ def read_sources_file(path: Path) -> list[SourceEntry]:
     return entries
 
 
-def check_entries(entries: list[SourceEntry]) -> None:
-    """Refuse, in one line, names that clash and sources that must run alone (folders, globs, images)."""
+def check_names(entries: list[SourceEntry]) -> None:
+    """Refuse, in one line, names that clash or cannot be file names."""
     seen: dict[str, str] = {}
     for entry in entries:
         if not _NAME.match(entry.name):
@@ -118,6 +118,12 @@ def check_entries(entries: list[SourceEntry]) -> None:
                 "give each its own name (NAME=SOURCE, e.g. in a --sources file)"
             )
         seen[entry.name] = label
+
+
+def check_entries(entries: list[SourceEntry]) -> None:
+    """Refuse, in one line, names that clash and sources that must run alone (folders, globs, images)."""
+    check_names(entries)
+    for entry in entries:
         if entry.live:
             continue
         path = Path(entry.spec).expanduser()
@@ -328,7 +334,8 @@ def run_many(
     :func:`open_files`: a source, or why it could not be opened) are closed here. ``serve``
     (``[HOST:]PORT``) shows every source in a browser grid (see :class:`~detector.io.browser.BrowserSink`).
     ``sinks`` (yours: ``write(frame, detections)``) get every source's annotated frames, one thread for
-    all of them, each frame a copy whose ``name`` is its source's name."""
+    all of them behind a queue of 8 frames, each frame a copy whose ``name`` is its source's name; sinks
+    slower than the sources hold detection up, as a single source's sinks do."""
     start = time.perf_counter()
     results = {item.name: SourceResult(item.name) for item in plan.items}
     specs: dict[str, Any] = {}

@@ -31,8 +31,8 @@ if TYPE_CHECKING:
 
 SourceSpec = str | Path | int
 """One of several sources given to :func:`run`: a path, URL or camera index."""
-Several = list[SourceSpec] | tuple[SourceSpec, ...] | Mapping[str, SourceSpec]
-"""Several sources: a list of specs, or names mapped to specs."""
+Several = Sequence[SourceSpec] | Mapping[str, SourceSpec]
+"""Several sources: a list (or tuple) of specs, or names mapped to specs (a ``str`` is one source)."""
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +142,29 @@ class _NoBar:
 
 
 @overload
+def run(  # type: ignore[overload-overlap]  # a str is a Sequence too: this one wins
+    detector: Detector,
+    source: str | Path | AnySource = ...,
+    *,
+    sinks: Sequence[Sink] | None = None,
+    out: Path | None = None,
+    json: Path | None = None,
+    serve: str | None = None,
+    serve_token: str | None = None,
+    max_viewers: int = 32,
+    show: bool = False,
+    hud: bool = False,
+    max_frames: int | None = None,
+    progress: bool = True,
+    plan: OutputPlan | None = None,
+    batch_size: int | None = None,
+    detect_threads: int | None = None,
+    codec: str = "auto",
+    announce: Callable[[str], object] | None = None,
+) -> RunResult: ...
+
+
+@overload
 def run(
     detector: Detector,
     source: Several,
@@ -162,29 +185,6 @@ def run(
     codec: str = "auto",
     announce: Callable[[str], object] | None = None,
 ) -> MultiRunResult: ...
-
-
-@overload
-def run(
-    detector: Detector,
-    source: str | Path | AnySource = ...,
-    *,
-    sinks: Sequence[Sink] | None = None,
-    out: Path | None = None,
-    json: Path | None = None,
-    serve: str | None = None,
-    serve_token: str | None = None,
-    max_viewers: int = 32,
-    show: bool = False,
-    hud: bool = False,
-    max_frames: int | None = None,
-    progress: bool = True,
-    plan: OutputPlan | None = None,
-    batch_size: int | None = None,
-    detect_threads: int | None = None,
-    codec: str = "auto",
-    announce: Callable[[str], object] | None = None,
-) -> RunResult: ...
 
 
 def run(

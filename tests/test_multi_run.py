@@ -197,3 +197,11 @@ def test_the_api_streams_several_sources_with_their_names(d2go: detector.Detecto
     assert set(counts) == {"left", "right"}
     with pytest.raises(TypeError, match="several sources"):
         detector.stream(d2go, [str(videos[0]), str(videos[1])], max_frames=3)
+    # a list is named as the command line and run() name it (here the files' stems)
+    with detector.stream(d2go, [videos[0], str(videos[1])]) as results:
+        assert sorted(results.names) == ["a", "b"]
+    for empty in ([], {}, ()):
+        with pytest.raises(ValueError, match="no sources given"):
+            detector.stream(d2go, empty)
+        with pytest.raises(ValueError, match="no sources given"):
+            detector.run(d2go, empty)

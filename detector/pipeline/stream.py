@@ -5,9 +5,9 @@ from __future__ import annotations
 import collections
 import contextlib
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 
 from ..io.sources import open_source
 from ..io.types import Frame
@@ -16,6 +16,9 @@ from ..structures import Detections
 from .defaults import default_batch_size
 from .feed import Feed
 from .sync import Stopped
+
+if TYPE_CHECKING:
+    from .multi import MultiStream
 
 
 class Stream:
@@ -106,15 +109,50 @@ def check_arguments(function: str, detector: object, source: object) -> None:
 
 def several_sources(source: object) -> bool:
     """A dict of names to sources, or a list or tuple of specs (paths, URLs, camera indices): the
-    several-source forms of ``run`` and ``stream`` (a list of frames is one source)."""
+    several-source forms of ``run`` and ``stream`` (a list of frames is one source). An empty one is
+    refused here, in one line, rather than read as one source."""
     if isinstance(source, Mapping):
-        return True
-    return (isinstance(source, (list, tuple)) and len(source) > 0
-            and all(isinstance(s, (str, Path, int)) and not isinstance(s, bool) for s in source))  # fmt: skip
+        several = True
+    elif isinstance(source, Sequence) and not isinstance(source, (str, bytes)):
+        several = all(isinstance(s, (str, Path, int)) and not isinstance(s, bool) for s in source)
+    else:
+        return False
+    if several and len(source) == 0:  # type: ignore[arg-type]
+        raise ValueError("no sources given: pass at least one path, URL or camera index")
+    return several
 
 
-def stream(detector: Detector, source: str | Path | Iterable[Frame], *, queue_size: int = 4,
-           max_frames: int | None = None, batch_size: int | None = None) -> Any:  # fmt: skip
+def named_sources(sources: Mapping[str, Any] | Sequence[str | Path | int]) -> dict[str, Any]:
+    """Several sources by name, named as the command line names them (``name=spec`` or the spec's
+    file stem, ``camera0``, or a stream's host, port and path, never its password or query), so
+    ``stream`` and ``run`` give a list the same names; names are checked (distinct, usable as file names)."""
+    from ..multi_run import SourceEntry, check_names, parse_entry
+
+    if isinstance(sources, Mapping):
+        entries = [SourceEntry(str(name), str(spec), given=True) for name, spec in sources.items()]
+        check_names(entries)
+        return dict(sources)
+    entries = [parse_entry(str(spec), where="source") for spec in sources]
+    check_names(entries)
+    return {e.name: (spec if not isinstance(spec, str) else e.spec) for e, spec in zip(entries, sources, strict=True)}
+
+
+@overload
+def stream(  # type: ignore[overload-overlap]  # a str is a Sequence too: this one wins
+    detector: Detector, source: str | Path | Iterable[Frame], *, queue_size: int = 4,
+    max_frames: int | None = None, batch_size: int | None = None,
+) -> Stream: ...  # fmt: skip
+
+
+@overload
+def stream(
+    detector: Detector, source: Sequence[str | Path | int] | Mapping[str, Any], *, queue_size: int = 4,
+    max_frames: int | None = None, batch_size: int | None = None,
+) -> MultiStream: ...  # fmt: skip
+
+
+def stream(detector: Detector, source: Any, *, queue_size: int = 4, max_frames: int | None = None,
+           batch_size: int | None = None) -> Stream | MultiStream:  # fmt: skip
     """Yield ``(frame, detections)`` as they come (see :class:`Stream`)::
 
     with stream(detector, "clip.mp4", max_frames=50) as results:
@@ -145,5 +183,5 @@ def stream(detector: Detector, source: str | Path | Iterable[Frame], *, queue_si
         if max_frames is not None or batch_size is not None:
             raise TypeError("stream() over several sources takes no max_frames or batch_size (stop iterating "
                             "when you have enough; frames are batched across sources)")  # fmt: skip
-        return multi_stream(detector, source)  # type: ignore[arg-type]
+        return multi_stream(detector, named_sources(source))
     return Stream(source, detector, queue_size=queue_size, max_frames=max_frames, batch_size=batch_size)
