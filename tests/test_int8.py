@@ -281,7 +281,9 @@ def test_int8_registry_model_is_quantized_once_per_calibration_set(
     assert len(traced) == 2 and len(list((cache_dir() / "exports").iterdir())) == 2
 
 
-def test_int8_mistakes_are_one_line(quantized: dict[str, tuple[Path, Any]], capsys: pytest.CaptureFixture[str]) -> None:
+def test_int8_mistakes_are_one_line(
+    quantized: dict[str, tuple[Path, Any]], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from detector.cli import main
     from detector.engines.openvino_engine import OpenVINOEngine, cpu_has_int8_dot_product
     from detector.errors import ConfigError
@@ -293,6 +295,8 @@ def test_int8_mistakes_are_one_line(quantized: dict[str, tuple[Path, Any]], caps
     code = main(["-q", "export", "retinanet_resnet50_fpn", "--weights", "random", "--precision", "int8"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0 and "an int8 export is an OpenVINO model" in err, err
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):  # the flags below are the CPU; no emulation cap
+        monkeypatch.delenv(name, raising=False)
     assert not cpu_has_int8_dot_product("flags\t: fpu sse avx2 fma\n")  # AVX2 only: int8 runs, slower (warned)
     assert cpu_has_int8_dot_product("flags\t: fpu avx2 avx512f avx512_vnni\n")
     assert cpu_has_int8_dot_product("Features\t: fp asimd\n")  # not x86: nothing to warn about

@@ -36,15 +36,20 @@ the f32 hint: the stacks run int8, everything else f32."""
 INT8_DOT_PRODUCT = ("avx512_vnni", "avx_vnni", "amx_int8")
 """x86 flags of int8 dot-product instructions; without them OpenVINO still runs int8, slower."""
 ISA_CAP_ENV = "ONEDNN_MAX_CPU_ISA"
+ISA_CAP_ENVS = (ISA_CAP_ENV, "DNNL_MAX_CPU_ISA")
+"""oneDNN reads the first of these that is set."""
 """oneDNN's cap on the instruction sets its kernels use; OpenVINO's CPU plugin honours it (e.g. ``AVX2``
 runs ``jit_avx2_I8`` kernels where ``brgconv_avx512_I8`` ran), so it can emulate an older CPU."""
-_AVX512 = {"avx512_vnni", "avx512_bf16"}
-_AMX = {"avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16"}
+_AVX2 = {"avx2"}
+_AVX512 = {"avx2", "avx512_vnni", "avx512_bf16"}
+_AVX10 = {*_AVX512, "avx_vnni"}  # oneDNN's AVX10 / FP16 and AMX levels include the VEX-encoded VNNI too
+_AMX = {*_AVX10, "amx_int8", "amx_bf16"}
 _CAP_ALLOWS: dict[str, set[str]] = {
-    "SSE41": set(), "AVX": set(), "AVX2": set(), "AVX2_VNNI": {"avx_vnni"}, "AVX2_VNNI_2": {"avx_vnni"},
-    "AVX512_CORE": set(), "AVX512_CORE_VNNI": {"avx512_vnni"}, "AVX512_CORE_BF16": _AVX512,
-    "AVX512_CORE_FP16": _AVX512, "AVX10_1_512": _AVX512, "AVX512_CORE_AMX": _AMX, "AVX10_1_512_AMX": _AMX,
-    "AVX512_CORE_AMX_FP16": _AMX, "AVX10_1_512_AMX_FP16": _AMX, "AVX10_2_512": _AVX512, "AVX10_2_512_AMX_2": _AMX,
+    "SSE41": set(), "AVX": set(), "AVX2": _AVX2, "AVX2_VNNI": {*_AVX2, "avx_vnni"},
+    "AVX2_VNNI_2": {*_AVX2, "avx_vnni"}, "AVX512_CORE": _AVX2, "AVX512_CORE_VNNI": {*_AVX2, "avx512_vnni"},
+    "AVX512_CORE_BF16": _AVX512, "AVX512_CORE_FP16": _AVX10, "AVX10_1_512": _AVX10, "AVX512_CORE_AMX": _AMX,
+    "AVX10_1_512_AMX": _AMX, "AVX512_CORE_AMX_FP16": _AMX, "AVX10_1_512_AMX_FP16": _AMX, "AVX10_2_512": _AVX10,
+    "AVX10_2_512_AMX_2": _AMX,
 }  # fmt: skip
 """Under each oneDNN ISA cap, which of the flags this module asks about its kernels may use."""
 
@@ -52,8 +57,10 @@ _CAP_ALLOWS: dict[str, set[str]] = {
 def isa_allows(flag: str, cap: str | None = None) -> bool:
     """Whether oneDNN's ISA cap (``$ONEDNN_MAX_CPU_ISA``, or ``cap``) lets kernels use ``flag``'s
     instructions: True without a cap, or for a cap or flag it does not know (nothing is made up)."""
-    cap = (cap if cap is not None else os.environ.get(ISA_CAP_ENV, "")).strip().upper()
-    if cap not in _CAP_ALLOWS or flag not in _AMX | {"avx_vnni"}:
+    if cap is None:
+        cap = next((os.environ[name] for name in ISA_CAP_ENVS if os.environ.get(name)), "")
+    cap = cap.strip().upper()
+    if cap not in _CAP_ALLOWS or flag not in _AMX:
         return True
     return flag in _CAP_ALLOWS[cap]
 
@@ -104,13 +111,14 @@ def best_cpu_precision() -> tuple[str, str]:
     nncf = importlib.util.find_spec("nncf") is not None
     if nncf and found:
         return "int8", found[0]
-    if nncf and "avx2" in _cpu_flags():
+    avx2 = "avx2" in _cpu_flags() and isa_allows("avx2")
+    if nncf and avx2:
         return "int8", "AVX2 without VNNI: 7-bit weights"
     core = require("openvino").Core()
     if cpu_has_bf16(core):
         return "bf16", "native bf16"
     why = "no AVX2, VNNI/AMX or native bf16" if not found else f"{found[0]}, but nncf is not installed"
-    if not nncf and "avx2" in _cpu_flags():
+    if not nncf and avx2:
         why = "nncf is not installed"
     return "fp32", why
 

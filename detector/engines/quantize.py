@@ -286,7 +286,11 @@ def _fpn_outputs(model: Any) -> list[Any]:
     return [found[name].output(0) for name in sorted(found)]
 
 
-def _run(ov: Any, model: Any, frames: Sequence[np.ndarray], hint: str) -> list[tuple[list[np.ndarray], ...]]:
+Outputs = list[tuple[list[np.ndarray], list[np.ndarray]]]
+"""Per frame: (boxes, scores, labels) and the FPN levels."""
+
+
+def _run(ov: Any, model: Any, frames: Sequence[np.ndarray], hint: str) -> Outputs:
     """Per frame: (boxes, scores, labels), FPN levels -- ``model`` compiled once per frame size."""
     core = ov.Core()
     compiled: dict[tuple[int, ...], Any] = {}
@@ -307,7 +311,7 @@ def _run(ov: Any, model: Any, frames: Sequence[np.ndarray], hint: str) -> list[t
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
+    return float(a @ b) / max(float(np.linalg.norm(a) * np.linalg.norm(b)), 1e-30)
 
 
 def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -343,7 +347,7 @@ class Fidelity:
 
 def _compare(
     precision: str,
-    ref: list[tuple[list[np.ndarray], ...]],
+    ref: Outputs,
     dets: list[list[np.ndarray]],
     levels: list[list[np.ndarray]] | None,
     top: int,
