@@ -173,15 +173,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _run_many(args: argparse.Namespace, cfg: DetectorConfig, stats_path: Path | None, serve_token: str | None) -> int:
     """Several sources (``SRC1 SRC2 ...`` or ``--sources FILE``) through one model, outputs per source."""
-    from .multi_run import (
-        check_entries,
-        open_files,
-        parse_entry,
-        read_sources_file,
-        run_many,
-        stats_summary,
-        stats_table,
-    )
+    from .multi_run import check_entries, open_files, run_many, stats_summary, stats_table
+    from .pipeline.names import parse_entry, read_sources_file
     from .planning import plan_multi_outputs
     from .predictor import Detector
 

@@ -137,10 +137,14 @@ def test_gpu_benchmark_script_runs(tmp_path: Path) -> None:
     done = subprocess.run(cmd, cwd=ROOT / "benchmarks", capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [line for line in done.stdout.splitlines() if line.startswith("| fasterrcnn_resnet50_fpn |")]
-    assert len(rows) == 2 and all("| random | fp32 | off | 2 |" in row for row in rows)
-    assert [row.split("|")[7].strip() for row in rows] == ["1", "2"]  # detect threads
-    assert all(float(row.split("|")[9]) <= 5 for row in rows)  # boxes per frame within --max-detections
+    cells = [[c.strip() for c in row.split("|")[1:-1]] for row in rows]
+    # both paths in one run (torchvision's and the batched one), each with 1 and 2 detect threads
+    assert [(c[4], c[8]) for c in cells] == [("torchvision", "1"), ("torchvision", "2"), ("batched", "1"),
+                                             ("batched", "2")]  # fmt: skip
+    assert all(c[1:4] == ["random", "fp32", "off"] and c[6] == "2" for c in cells)  # weights, precision, batch
+    assert all(float(c[10]) <= 5 for c in cells)  # boxes per frame within --max-detections
     assert "CPU" in done.stdout.splitlines()[0]  # the device is named
+    assert "2/2 images the same" in done.stdout  # the two paths agree on the batch they both ran
 
 
 def test_model_input_is_contiguous_float_and_bad_batch_sizes_raise() -> None:

@@ -23,7 +23,13 @@ LAYERS = [
     ("detector.predictor",),  # Detector: frames in, Detections out, whatever engine
     ("detector.pipeline",),
     ("detector.planning",),  # where a run writes, decided before any work
-    ("detector.runner", "detector.eval", "detector.folder_run", "detector.multi_run"),  # applications
+    (
+        "detector.runner",
+        "detector.eval",
+        "detector.folder_run",
+        "detector.multi_run",
+        "detector.ray_run",
+    ),  # applications
     ("detector.cli", "detector.__main__"),
 ]
 

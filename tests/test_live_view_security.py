@@ -667,7 +667,8 @@ def test_a_grid_serves_each_source_and_guards_every_stream_alike() -> None:
     import cv2
 
     names = ["door", "yard", "gate"]
-    sink = BrowserSink("127.0.0.1", 0, token=TOKEN, timeout=2.0, max_viewers=3, sources=names)
+    # a long write timeout: the held streams below are not read, and must keep their slots however slow CI is
+    sink = BrowserSink("127.0.0.1", 0, token=TOKEN, timeout=60.0, max_viewers=3, sources=names)
     pub = GridPublisher(sink, names)
     try:
         q = f"?token={TOKEN}"

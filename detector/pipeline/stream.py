@@ -126,7 +126,7 @@ def named_sources(sources: Mapping[str, Any] | Sequence[str | Path | int]) -> di
     """Several sources by name, named as the command line names them (``name=spec`` or the spec's
     file stem, ``camera0``, or a stream's host, port and path, never its password or query), so
     ``stream`` and ``run`` give a list the same names; names are checked (distinct, usable as file names)."""
-    from ..multi_run import SourceEntry, check_names, parse_entry
+    from .names import SourceEntry, check_names, parse_entry
 
     if isinstance(sources, Mapping):
         entries = [SourceEntry(str(name), str(spec), given=True) for name, spec in sources.items()]
