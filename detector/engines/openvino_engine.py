@@ -103,7 +103,7 @@ def best_cpu_precision() -> tuple[str, str]:
     """``(precision, why)``: the fastest precision this CPU runs well on OpenVINO, among those whose
     fidelity was measured to hold (FPN cosine >= 0.99 to fp32: int8 0.9988-0.9990 with VNNI, 0.998 on
     AVX2 with 7-bit weights, bf16 0.9999; README "Engines and export"): int8 where NNCF is installed and
-    the CPU has VNNI/AMX or AVX2 (there quantized with NNCF's overflow fix: 2.9x f32, measured with
+    the CPU has VNNI/AMX or AVX2 (there quantized with NNCF's overflow fix: 1.7x f32, measured with
     oneDNN capped to AVX2), else bf16 where native, else fp32."""
     import importlib.util
 
