@@ -700,17 +700,20 @@ def test_a_grid_serves_each_source_and_guards_every_stream_alike() -> None:
         sink.update({"state": "reconnecting", "last_error": "<b>x</b>"}, "yard")
         stats = json.loads(get(sink, "/stats.json" + q)[2])
         assert set(stats["sources"]) == set(names) and stats["sources"]["yard"]["state"] == "reconnecting"
-        # the viewer cap counts streams of every kind together
+        # the viewer cap counts streams of every kind together (the streams read above are let go first)
+        assert wait_until(lambda: sink.viewers == 0, 30), f"{sink.viewers} streams still held after hanging up"
         held = []
         for path in ("/grid.mjpg", "/stream/door.mjpg", "/stream/yard.mjpg"):
             conn = http.client.HTTPConnection("127.0.0.1", sink.port, timeout=5)
             conn.request("GET", path + q)
-            assert conn.getresponse().status == 200
-            held.append(conn)
-        assert wait_until(lambda: sink.viewers == 3, 5)
+            resp = conn.getresponse()  # a "Connection: close" response owns the socket: keep it, or it closes
+            assert resp.status == 200
+            held.append((conn, resp))
+        assert wait_until(lambda: sink.viewers == 3, 30), f"{sink.viewers} viewers, not the 3 held"
         assert get(sink, "/stream/gate.mjpg" + q)[0] == 503
         assert get(sink, "/grid.mjpg" + q)[0] == 503
-        for conn in held:
+        for conn, resp in held:
+            resp.close()
             conn.close()
         assert wait_until(lambda: sink.viewers == 0, 10), "streams give their slots back"
     finally:
