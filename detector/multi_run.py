@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DetectorError, SourceError
+from .io.base import enter_sinks
 from .io.offthread import OffThreadSink
 from .io.sinks import JsonlSink, VideoFileSink
 from .io.sources import GLOB_CHARS, IMAGE_EXTS, VideoFileSource, open_source
@@ -138,16 +139,7 @@ def _open_user_sinks(stack: contextlib.ExitStack, sinks: Sequence[Any]) -> OffTh
     """The API's own sinks, entered (context managers) or closed at the end (``close()``), behind one thread."""
     if not sinks:
         return None
-    entered = []
-    for sink in sinks:
-        if isinstance(sink, contextlib.AbstractContextManager):
-            entered.append(stack.enter_context(sink))
-            continue
-        close = getattr(sink, "close", None)
-        if callable(close):
-            stack.callback(close)
-        entered.append(sink)
-    writer = OffThreadSink(*entered, name="detector-user-sinks")
+    writer = OffThreadSink(*enter_sinks(stack, sinks), name="detector-user-sinks")
     stack.push(writer.__exit__)
     return writer
 

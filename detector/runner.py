@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Protocol, cast, overload
 
 from tqdm import tqdm
 
-from .io.base import Closeable
+from .io.base import Closeable, enter_sinks
 from .io.live import LiveSource
 from .io.offthread import OffThreadSink
 from .io.sinks import ImageSink, JsonlSink, VideoFileSink
@@ -263,14 +263,7 @@ def run(
         all_sinks = open_sinks(stack, source, plan or OutputPlan(None, None), serve=serve, show=show, title=title,
                                serve_token=serve_token, max_viewers=max_viewers, codec=codec,
                                announce=announce, copy_frames=bool(sinks))  # fmt: skip
-        for sink in sinks:
-            if isinstance(sink, contextlib.AbstractContextManager):
-                all_sinks.append(stack.enter_context(sink))
-                continue
-            close = getattr(sink, "close", None)
-            if callable(close):
-                stack.callback(close)
-            all_sinks.append(sink)
+        all_sinks.extend(enter_sinks(stack, sinks))
         planned = source.planned_frames if isinstance(source, VideoFileSource) else info.frame_count
         total = None if source.live else (planned if max_frames is None else min(max_frames, planned or max_frames))
         bar = stack.enter_context(tqdm(total=total, unit="frame", leave=False)) if progress else _NoBar()
