@@ -109,6 +109,39 @@ def max_coordinate(boxes: Tensor, valid: Tensor) -> Tensor:
     return torch.where(valid[..., None], boxes, torch.full_like(boxes, -math.inf)).amax(dim=(1, 2))
 
 
+def best_after_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    labels: Tensor,
+    valid: Tensor,
+    topk: int,
+    nms_thresh: float,
+    detections: int,
+    iterations: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The final step of both heads: the ``topk`` best valid candidates of each image (B, N) in the order
+    torchvision's NMS visits them (a stable sort by score: equal scores keep the lower candidate index
+    first, which decides NMS ties), class-aware NMS as torchvision runs it, and the first ``detections``
+    kept. Returns boxes, scores, labels, counts and a per-image flag that is False where the result may
+    differ from torchvision's (NMS not at its fixed point, or too few kept while candidates were left out)."""
+    n = boxes.shape[0]
+    ranked = torch.where(valid, scores, torch.full_like(scores, -math.inf))
+    _, order = torch.sort(ranked, dim=1, descending=True, stable=True)
+    k = min(topk, order.shape[1])
+    order = order[:, :k]
+    cand_boxes = boxes.gather(1, order[..., None].expand(n, k, 4))
+    cand_scores = scores.gather(1, order)
+    cand_labels = labels.gather(1, order)
+    cand_valid = valid.gather(1, order)
+    count = valid.sum(dim=1)
+    keep, converged = nms_like_torchvision(
+        cand_boxes, cand_valid, cand_labels, count, max_coordinate(boxes, valid), nms_thresh, iterations
+    )
+    out_boxes, out_scores, out_labels, counts = first_kept(keep, cand_boxes, cand_scores, cand_labels, detections)
+    complete = (keep.sum(dim=1) >= detections) | (count <= k)
+    return out_boxes, out_scores, out_labels, counts, converged & complete
+
+
 def first_kept(
     keep: Tensor, boxes: Tensor, scores: Tensor, labels: Tensor, detections: int
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -387,25 +420,8 @@ class BatchedFasterRCNN(BatchedDetector):
             & (scores > heads.score_thresh)
             & _not_small(boxes, 1e-2)
         )
-        ranked = torch.where(valid, scores, torch.full_like(scores, -math.inf))
-        # Stable: equal scores keep torchvision's order (lower candidate index first), which decides NMS ties.
-        _, order = torch.sort(ranked, dim=1, descending=True, stable=True)
-        k = min(self.roi_topk, order.shape[1])
-        order = order[:, :k]
-        cand_boxes = boxes.gather(1, order[..., None].expand(n, k, 4))
-        cand_scores = scores.gather(1, order)
-        cand_labels = labels[order]
-        cand_valid = valid.gather(1, order)
-        count = valid.sum(dim=1)
-        keep, converged = nms_like_torchvision(
-            cand_boxes, cand_valid, cand_labels, count, max_coordinate(boxes, valid), heads.nms_thresh,
-            self.nms_iterations,
-        )  # fmt: skip
-        d = heads.detections_per_img
-        out_boxes, out_scores, out_labels, counts = first_kept(keep, cand_boxes, cand_scores, cand_labels, d)
-        # The top-k is complete unless it kept too few while valid candidates were left out.
-        complete = (keep.sum(dim=1) >= d) | (count <= k)
-        return out_boxes, out_scores, out_labels, counts, converged & complete
+        return best_after_nms(boxes, scores, labels.expand(n, -1), valid, self.roi_topk, heads.nms_thresh,
+                              heads.detections_per_img, self.nms_iterations)  # fmt: skip
 
     def _roi_pool(self, features: dict[str, Tensor], proposals: Tensor, image_sizes: list[tuple[int, int]]) -> Tensor:
         """MultiScaleRoIAlign without torch.where(levels == l): every level pools every box, a mask picks.

@@ -14,13 +14,12 @@ flagged on the device and redone with torchvision's own ``postprocess_detections
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .batched import BatchedDetector, _Batch, _clip, _decode, first_kept, max_coordinate, nms_like_torchvision
+from .batched import BatchedDetector, _Batch, _clip, _decode, best_after_nms
 
 __all__ = ["BatchedRetinaNet"]
 
@@ -97,24 +96,8 @@ class BatchedRetinaNet(BatchedDetector):
 
         # The nms_topk best candidates, in the order torchvision's nms kernel visits them (a stable sort by
         # score of the candidates in level order).
-        ranked = torch.where(valid, scores, torch.full_like(scores, -math.inf))
-        _, order = torch.sort(ranked, dim=1, descending=True, stable=True)
-        k = min(self.nms_topk, order.shape[1])
-        order = order[:, :k]
-        cand_boxes = boxes.gather(1, order[..., None].expand(n, k, 4))
-        cand_scores = scores.gather(1, order)
-        cand_labels = labels.gather(1, order)
-        cand_valid = valid.gather(1, order)
-        count = valid.sum(dim=1)
-        keep, converged = nms_like_torchvision(
-            cand_boxes, cand_valid, cand_labels, count, max_coordinate(boxes, valid), model.nms_thresh,
-            self.nms_iterations,
-        )  # fmt: skip
-        d = model.detections_per_img
-        out_boxes, out_scores, out_labels, counts = first_kept(keep, cand_boxes, cand_scores, cand_labels, d)
-        # Complete unless it kept too few while valid candidates were left out of the NMS.
-        complete = (keep.sum(dim=1) >= d) | (count <= k)
-        return out_boxes, out_scores, out_labels, counts, converged & complete
+        return best_after_nms(boxes, scores, labels, valid, self.nms_topk, model.nms_thresh,
+                              model.detections_per_img, self.nms_iterations)  # fmt: skip
 
     def _torchvision_heads(self, batch: _Batch, flagged: list[int]) -> dict[int, dict[str, Tensor]]:
         """torchvision's own postprocess_detections and transform.postprocess on the flagged images' head
