@@ -38,7 +38,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -48,7 +48,7 @@ import numpy as np
 from . import __distribution__
 from .config import DetectorConfig
 from .errors import DetectorError, Interrupted, SourceError, StopPipeline
-from .folder_run import FolderOptions, FolderResult, merge_stats, plan_folder
+from .folder_run import FolderOptions, FolderResult, Outcome, merge_stats, plan_folder
 from .io.sinks import _finalise, partial_path
 from .pipeline import Stats
 from .planning import FolderPlan, ImagePlan
@@ -430,17 +430,8 @@ def run_ray(cfg: DetectorConfig, spec: str | Path, options: FolderOptions, ray_o
                         skipped=outcome.skipped, stats=stats)  # fmt: skip
 
 
-@dataclass
-class _Outcome:
-    frames: int = 0
-    detections: int = 0
-    videos: int = 0
-    skipped: list[str] = field(default_factory=list)
-    stats: list[Stats] = field(default_factory=list)
-
-
 def _run_images(ray: ModuleType, cfg: DetectorConfig, plan: ImagePlan, options: FolderOptions,
-                place: Placement) -> _Outcome:  # fmt: skip
+                place: Placement) -> Outcome:  # fmt: skip
     from .io.sources import image_names
 
     paths = plan.paths[: options.max_frames] if options.max_frames else plan.paths
@@ -461,7 +452,7 @@ def _run_images(ray: ModuleType, cfg: DetectorConfig, plan: ImagePlan, options: 
                                                             "hud": options.hud},
                         compute=ray.data.ActorPoolStrategy(size=place.workers), batch_size=batch,
                         batch_format="numpy", **place.remote_args())  # fmt: skip
-    outcome = _Outcome()
+    outcome = Outcome()
     lines: dict[int, str] = {}
     error: str | None = None
     bar = _bar(len(paths), options.progress)
@@ -530,7 +521,7 @@ def planned_frames(video: Path, options: FolderOptions) -> int:
 
 
 def _run_videos(ray: ModuleType, cfg: DetectorConfig, plan: FolderPlan, options: FolderOptions,
-                place: Placement) -> _Outcome:  # fmt: skip
+                place: Placement) -> Outcome:  # fmt: skip
     sizes = {video: planned_frames(video, options) for video, _, _ in plan.items}
     # Longest first, each to the first free worker: the longest video never starts last.
     queue = deque(sorted(plan.items, key=lambda item: -sizes[item[0]]))
@@ -539,7 +530,7 @@ def _run_videos(ray: ModuleType, cfg: DetectorConfig, plan: FolderPlan, options:
     workers = [worker_class.remote(cfg, place.threads, progress) for _ in range(min(place.workers, len(queue)))]
     idle = list(workers)
     running: dict[Any, tuple[Any, Path]] = {}
-    outcome = _Outcome()
+    outcome = Outcome()
     error: str | None = None
     bar = _bar(sum(sizes.values()) or None, options.progress)
 
