@@ -154,8 +154,8 @@ def load_cached(cfg: DetectorConfig, *, progress: bool = True) -> tuple[Engine, 
     key = calibration.key if calibration else None
     from .quantize import needs_overflow_fix
 
-    if key is not None and needs_overflow_fix():  # quantized for a CPU without VNNI: 7-bit weights, another file
-        key += "+overflow-fix"
+    if key is not None and needs_overflow_fix():  # quantized for a CPU without VNNI (7-bit weights, convs only)
+        key += "+no-vnni"
     entry = exports_dir() / f"{cfg.model}-{cache_key(cfg, sha, fmt, key)}"
     path = entry / ("model.xml" if fmt == "openvino" else "model.onnx")
     hit = _open_cached(path, cfg)

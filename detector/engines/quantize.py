@@ -1,15 +1,17 @@
 """int8 for OpenVINO: NNCF post-training quantization of a ``detector export``-ed graph.
 
-What runs in int8 follows the one rule of :data:`.base.LOW_PRECISION_MODULES` (the rule the
-torch engine's autocast and OpenVINO's bf16 segments use): the convolution stacks -- ResNet-50 +
-FPN, the RPN's 3x3 conv, RetinaNet's two head towers -- and Faster R-CNN's two-layer box head
-(fc6, fc7; at 320 px with 1,000 proposals it costs about as many MACs as the backbone). The
-graph's nodes carry the torch module scope (``/model/backbone/body/layer1/...``), so every node
-outside those scopes is handed to NNCF as ignored: the input transform, the final predictors
-(RetinaNet's ``cls_logits`` / ``bbox_reg``, the RPN's 1x1 ``cls_logits`` / ``bbox_pred``, the
-ROI head's ``box_predictor``), box decoding, clipping, scores and NMS stay f32. The predictors
-are a sliver of the work (1x1 convs with 3-720 output channels, two small matrix products) and
-decide the scores and boxes directly; the RPN's objectness decides which proposals survive.
+What runs in int8 depends on the CPU the model is quantized for. With int8 dot products (VNNI, AMX)
+it follows the one rule of :data:`.base.LOW_PRECISION_MODULES` (the rule the torch engine's autocast
+and OpenVINO's bf16 segments use): the convolution stacks -- ResNet-50 + FPN, the RPN's 3x3 conv,
+RetinaNet's two head towers -- and Faster R-CNN's two-layer box head (fc6, fc7; at 320 px with 1,000
+proposals it costs about as many MACs as the backbone). Without them (AVX2 only), int8 pays for
+convolutions only: the box head stays f32 and RetinaNet's final 3x3 convolutions join its towers
+(:data:`NO_VNNI_MODULES`, with the measurements), and every weight gets 7 bits (NNCF's overflow fix).
+The graph's nodes carry the torch module scope (``/model/backbone/body/layer1/...``), so every node
+outside the chosen scopes is handed to NNCF as ignored: the input transform, the RPN's 1x1
+``cls_logits`` / ``bbox_pred``, the ROI head's ``box_predictor`` (and RetinaNet's ``cls_logits`` /
+``bbox_reg`` for a VNNI CPU), box decoding, clipping, scores and NMS stay f32. A quantized
+convolution's output is dequantized to f32, so scores keep f32 resolution either way.
 
 How the whole graph goes through NNCF: ``nncf.quantize`` on the ONNX-read model failed with
 ``Could not find a node Unsqueeze_2627 in NNCFGraph`` (the error the issue saw). The graph holds
@@ -47,6 +49,7 @@ from .sidecar import sha256_file
 
 __all__ = [
     "INT8_SCOPES",
+    "INT8_SCOPES_NO_VNNI",
     "CalibrationSet",
     "Fidelity",
     "fidelity",
@@ -57,11 +60,33 @@ __all__ = [
 
 INT8_SCOPES = graph_scopes(LOW_PRECISION_MODULES)
 """Node-name prefixes NNCF may quantize in a graph made by ``detector export`` (``SingleImage``
-holds the detector as ``model``). ``roi_heads/box_roi_pool/`` is there for the activation
-quantizer NNCF puts on the pooled features that feed fc6; ROI Align itself has no int8 kernel."""
+holds the detector as ``model``) for a CPU with int8 dot products (VNNI, AMX). ``roi_heads/box_roi_pool/``
+is there for the activation quantizer NNCF puts on the pooled features that feed fc6; ROI Align itself
+has no int8 kernel."""
 
-IGNORED_PATTERN = "^(?!" + "|".join(re.escape(s) for s in INT8_SCOPES) + ").*"
-"""Every node name outside :data:`INT8_SCOPES` (generated names such as ``If_2102`` included)."""
+NO_VNNI_MODULES = ("backbone", "rpn.head.conv", "head.classification_head", "head.regression_head")
+"""What runs int8 on a CPU without int8 dot products (AVX2 only), measured on a real one (AMD EPYC Zen 3,
+OpenVINO 2026.4, 320 px, per-node profile): there int8 pays for convolutions only, about 2.2x f32 for
+the ResNet/FPN stacks. Faster R-CNN's box head stays f32: OpenVINO runs an int8 fc6 as a weight-compressed
+f32 matrix product (261 ms against 224 ms f32) and fc7's int8 GEMM is no faster (22 vs 20 ms), while the
+quantizer on the pooled features adds 30 ms. RetinaNet's final convolutions (``cls_logits``, ``bbox_reg``:
+256 to 819 and 36 channels, 3x3, on every level) join the towers: left f32 they were the largest f32 island
+(124 ms of 334), int8 they take 1.73x to 1.95x f32 for the whole model. Their outputs stay f32 (the
+accumulators are dequantized), so scores keep f32 resolution."""
+
+INT8_SCOPES_NO_VNNI = graph_scopes(NO_VNNI_MODULES)
+"""Node-name prefixes NNCF may quantize for a CPU without VNNI/AMX (see :data:`NO_VNNI_MODULES`)."""
+
+
+def int8_scopes(no_vnni: bool) -> tuple[str, ...]:
+    """The node-name prefixes quantized for a CPU with (``no_vnni`` False) or without int8 dot products."""
+    return INT8_SCOPES_NO_VNNI if no_vnni else INT8_SCOPES
+
+
+def ignored_pattern(scopes: tuple[str, ...]) -> str:
+    """Every node name outside ``scopes`` (generated names such as ``If_2102`` included), for NNCF."""
+    return "^(?!" + "|".join(re.escape(s) for s in scopes) + ").*"
+
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 """Image files a calibration folder may hold (the engines layer does not import ``io``)."""
@@ -210,14 +235,19 @@ def int8_node_names(model: Any) -> list[str]:
 
 
 OVERFLOW_FIX_KEY = ["detector", "overflow_fix"]
-"""Where a quantized model records whether its weights were quantized to 7 bits (NNCF's overflow fix)."""
+"""Where a quantized model records whether it was quantized for a CPU without VNNI/AMX (``enable``: 7-bit
+weights, NNCF's overflow fix, and :data:`INT8_SCOPES_NO_VNNI`) or with them (``default``)."""
+SCOPES_KEY = ["detector", "int8_scopes"]
+"""Where a quantized model records the node-name prefixes that were quantized (comma-separated)."""
 
 
 def needs_overflow_fix() -> bool:
-    """Whether int8 here runs without VNNI/AMX (an AVX2-only CPU, or oneDNN capped to one): its kernels
-    multiply u8 x s8 pairs into 16-bit sums that saturate (``vpmaddubsw``), so NNCF's overflow fix (7-bit
-    weights in every layer) is needed. Measured under ``ONEDNN_MAX_CPU_ISA=AVX2``: RetinaNet's FPN cosine to
-    f32 0.979-0.992 without it, against 0.999 with VNNI."""
+    """Whether int8 here runs without VNNI/AMX (an AVX2-only CPU, or oneDNN capped to one), so the model is
+    quantized for such a CPU: its kernels multiply u8 x s8 pairs into 16-bit sums that saturate
+    (``vpmaddubsw``), so NNCF's overflow fix (7-bit weights in every layer) is needed, and only the
+    convolutions gain from int8 there (:data:`NO_VNNI_MODULES`). Measured under ``ONEDNN_MAX_CPU_ISA=AVX2``:
+    RetinaNet's FPN cosine to f32 0.979-0.992 without the fix, against 0.999 with VNNI; on a real AVX2 CPU
+    0.998 with it."""
     from .openvino_engine import cpu_has_int8_dot_product
 
     return not cpu_has_int8_dot_product()
@@ -229,17 +259,18 @@ def quantize_openvino(
     *,
     subset_size: int | None = None,
     fast_bias_correction: bool = True,
-    overflow_fix: bool | None = None,
+    no_vnni: bool | None = None,
 ) -> Any:
     """NNCF post-training int8 quantization of a ``detector export``-ed graph (``ov.Model``, ``.onnx`` or ``.xml``).
 
-    Only the nodes under :data:`INT8_SCOPES` are quantized; the graph keeps its dynamic height and width
+    Only the nodes under :func:`int8_scopes` are quantized; the graph keeps its dynamic height and width
     and its one-image calling convention. ``subset_size`` defaults to every calibration frame. The
     calibration description (for a :class:`CalibrationSet`) is stored in the model's ``rt_info`` under
     ``detector/calibration`` and travels with a saved IR. Save the result with
     ``ov.save_model(q, path, compress_to_fp16=False)``; run it with the f32 inference hint.
-    ``overflow_fix`` (default: :func:`needs_overflow_fix`, i.e. this CPU has no VNNI/AMX) quantizes every
-    layer's weights to 7 bits, so CPUs without int8 dot products do not saturate; recorded in ``rt_info``.
+    ``no_vnni`` (default: :func:`needs_overflow_fix`, i.e. this CPU has no VNNI/AMX) quantizes for a CPU
+    without int8 dot products: every layer's weights to 7 bits, so its sums do not saturate, and the scopes
+    of :data:`INT8_SCOPES_NO_VNNI`; recorded in ``rt_info`` (:data:`OVERFLOW_FIX_KEY`, :data:`SCOPES_KEY`).
     """
     ov = require("openvino")
     nncf = require("nncf")
@@ -252,20 +283,21 @@ def quantize_openvino(
     if len(model.inputs) != 1 or len(model.outputs) != 3:
         raise EngineError("int8 quantizes graphs made by `detector export` (one image in, boxes/scores/labels out)")
     model = _read_unshared(ov, model)
-    fix = needs_overflow_fix() if overflow_fix is None else overflow_fix
+    fix = needs_overflow_fix() if no_vnni is None else no_vnni
+    scopes = int8_scopes(fix)
     quantized = nncf.quantize(
         model,
         nncf.Dataset(frames),
         subset_size=subset_size or len(frames),
         fast_bias_correction=fast_bias_correction,
-        ignored_scope=nncf.IgnoredScope(patterns=[IGNORED_PATTERN], validate=False),
+        ignored_scope=nncf.IgnoredScope(patterns=[ignored_pattern(scopes)], validate=False),
         advanced_parameters=nncf.AdvancedQuantizationParameters(overflow_fix=nncf.OverflowFix.ENABLE) if fix else None,
     )
-    if not any(name.startswith(INT8_SCOPES) for name in int8_node_names(quantized)):
+    if not any(name.startswith(scopes) for name in int8_node_names(quantized)):
         raise EngineError("no convolution stacks named as `detector export` names them; nothing was quantized")
     if isinstance(calibration, CalibrationSet):
         quantized.set_rt_info(calibration.description, ["detector", "calibration"])
-    quantized.set_rt_info(",".join(INT8_SCOPES), ["detector", "int8_scopes"])
+    quantized.set_rt_info(",".join(scopes), SCOPES_KEY)
     quantized.set_rt_info("enable" if fix else "default", OVERFLOW_FIX_KEY)
     return quantized
 
@@ -286,12 +318,28 @@ def _fpn_outputs(model: Any) -> list[Any]:
     return [found[name].output(0) for name in sorted(found)]
 
 
-Outputs = list[tuple[list[np.ndarray], list[np.ndarray]]]
-"""Per frame: (boxes, scores, labels) and the FPN levels."""
+HEAD_OUTPUT = re.compile(r"^/model/head/(classification_head/cls_logits|regression_head/bbox_reg)(_\d+)?/Conv$")
+"""RetinaNet's final convolutions, one per level (the class logits and box deltas of every anchor): dense,
+so f32 and int8 outputs compare position by position. (Faster R-CNN's predictors see each run's own
+proposals, which differ: their outputs do not line up.)"""
+
+
+def _head_outputs(model: Any) -> list[tuple[str, Any]]:
+    """``(kind, output)`` of RetinaNet's final convolutions (kind ``cls`` or ``box``); none for Faster R-CNN."""
+    found = []
+    for op in model.get_ordered_ops():
+        m = HEAD_OUTPUT.match(op.get_friendly_name())
+        if m is not None:
+            found.append(("cls" if "cls_logits" in m[1] else "box", op.output(0)))
+    return found
+
+
+Outputs = list[tuple[list[np.ndarray], list[np.ndarray], list[tuple[str, np.ndarray]]]]
+"""Per frame: (boxes, scores, labels), the FPN levels and the (kind, value) of RetinaNet's head outputs."""
 
 
 def _run(ov: Any, model: Any, frames: Sequence[np.ndarray], hint: str) -> Outputs:
-    """Per frame: (boxes, scores, labels), FPN levels -- ``model`` compiled once per frame size."""
+    """Per frame: (boxes, scores, labels), FPN levels, head outputs -- ``model`` compiled once per frame size."""
     core = ov.Core()
     compiled: dict[tuple[int, ...], Any] = {}
     out = []
@@ -299,13 +347,16 @@ def _run(ov: Any, model: Any, frames: Sequence[np.ndarray], hint: str) -> Output
         if frame.shape not in compiled:
             m = model.clone()
             levels = m.add_outputs(_fpn_outputs(m))
+            heads = _head_outputs(m)
+            m.add_outputs([o for _, o in heads])
             m.reshape(list(frame.shape))
             config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint}
-            compiled[frame.shape] = (core.compile_model(m, "CPU", config).create_infer_request(), len(levels))
-        request, n = compiled[frame.shape]
+            request = core.compile_model(m, "CPU", config).create_infer_request()
+            compiled[frame.shape] = (request, len(levels), [kind for kind, _ in heads])
+        request, n, kinds = compiled[frame.shape]
         request.infer({0: frame})
-        values = [np.array(request.get_output_tensor(i).data) for i in range(3 + n)]
-        out.append((values[:3], values[3:]))
+        values = [np.array(request.get_output_tensor(i).data) for i in range(3 + n + len(kinds))]
+        out.append((values[:3], values[3 : 3 + n], list(zip(kinds, values[3 + n :], strict=True))))
     return out
 
 
@@ -337,9 +388,14 @@ class Fidelity:
     score_diff_max: float
     detections: int
     """How many f32 top detections were compared (all frames)."""
+    head_cosine: dict[str, float] | None = None
+    """RetinaNet: the lowest cosine similarity over levels and frames of its class logits (``cls``) and box
+    deltas (``box``); None where not measured (Faster R-CNN, or not given the head outputs)."""
 
     def row(self) -> str:
         cos = " ".join(f"{c:.4f}" for c in self.fpn_cosine)
+        if self.head_cosine:
+            cos += "; head cosine " + " ".join(f"{k} {v:.4f}" for k, v in sorted(self.head_cosine.items()))
         return (f"{self.precision}: FPN cosine {cos}; top {self.detections} f32 detections: "
                 f"{self.matched:.0%} matched (IoU >= 0.5), median IoU {self.iou_median:.3f}, "
                 f"|d score| median {self.score_diff_median:.4f} max {self.score_diff_max:.4f}")  # fmt: skip
@@ -351,9 +407,10 @@ def _compare(
     dets: list[list[np.ndarray]],
     levels: list[list[np.ndarray]] | None,
     top: int,
+    heads: list[list[tuple[str, np.ndarray]]] | None = None,
 ) -> Fidelity:
     ious, diffs = [], []
-    for (ref_dets, _), (boxes, scores, labels) in zip(ref, dets, strict=True):
+    for (ref_dets, _, _), (boxes, scores, labels) in zip(ref, dets, strict=True):
         r_boxes, r_scores, r_labels = ref_dets
         for k in np.argsort(-r_scores, kind="stable")[:top]:
             same = labels == r_labels[k]
@@ -371,6 +428,12 @@ def _compare(
             [_cosine(a, b) for a, b in zip(r[1], got, strict=True)] for r, got in zip(ref, levels, strict=True)
         ]
         cos = tuple(min(c) for c in zip(*per_frame, strict=True))
+    head: dict[str, float] | None = None
+    if heads is not None and any(r[2] for r in ref):
+        head = {}
+        for r, got in zip(ref, heads, strict=True):
+            for (kind, a), (_, b) in zip(r[2], got, strict=True):
+                head[kind] = min(head.get(kind, 1.0), _cosine(a, b))
     iou = np.array(ious)
     return Fidelity(
         precision=precision,
@@ -380,6 +443,7 @@ def _compare(
         score_diff_median=float(np.median(diffs)) if diffs else float("nan"),
         score_diff_max=float(max(diffs)) if diffs else float("nan"),
         detections=len(iou),
+        head_cosine=head,
     )
 
 
@@ -409,7 +473,7 @@ def fidelity(
     q = core.read_model(str(int8)) if isinstance(int8, (str, Path)) else int8
     ref = _run(ov, base, frames, "f32")
     got = _run(ov, q, frames, "f32")
-    result = {"int8": _compare("int8", ref, [g[0] for g in got], [g[1] for g in got], top)}
+    result = {"int8": _compare("int8", ref, [g[0] for g in got], [g[1] for g in got], top, [g[2] for g in got])}
     if bf16 and cpu_has_bf16(core):
         levels = [g[1] for g in _run(ov, base, frames, "bf16")]
         engine = OpenVINOEngine(Path(fp32), precision="bf16")
