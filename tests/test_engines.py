@@ -432,7 +432,7 @@ def test_fast_preset_chooses_the_precision_per_cpu(monkeypatch: pytest.MonkeyPat
     for flags, avx2, bf16, want, why in (
         (["avx512_vnni"], True, True, "int8", "avx512_vnni"),
         (["amx_int8"], True, False, "int8", "amx_int8"),
-        ([], True, False, "int8", "AVX2 without VNNI: 7-bit weights"),  # NNCF's overflow fix (see test_int8)
+        ([], True, False, "int8", "AVX2 without VNNI: 7-bit weights, convolutions only"),  # see test_int8
         ([], False, True, "bf16", "native bf16"),
         ([], False, False, "fp32", "no AVX2"),
     ):

@@ -103,8 +103,8 @@ def best_cpu_precision() -> tuple[str, str]:
     """``(precision, why)``: the fastest precision this CPU runs well on OpenVINO, among those whose
     fidelity was measured to hold (FPN cosine >= 0.99 to fp32: int8 0.9988-0.9990 with VNNI, 0.998 on
     AVX2 with 7-bit weights, bf16 0.9999; README "Engines and export"): int8 where NNCF is installed and
-    the CPU has VNNI/AMX or AVX2 (there quantized with NNCF's overflow fix: 1.7x f32, measured with
-    oneDNN capped to AVX2), else bf16 where native, else fp32."""
+    the CPU has VNNI/AMX or AVX2 (there quantized for it, 7-bit weights and convolutions only: RetinaNet
+    1.95x f32 on a real AVX2 CPU), else bf16 where native, else fp32."""
     import importlib.util
 
     found = int8_dot_product_flags()
@@ -113,7 +113,7 @@ def best_cpu_precision() -> tuple[str, str]:
         return "int8", found[0]
     avx2 = "avx2" in _cpu_flags() and isa_allows("avx2")
     if nncf and avx2:
-        return "int8", "AVX2 without VNNI: 7-bit weights"
+        return "int8", "AVX2 without VNNI: 7-bit weights, convolutions only"
     core = require("openvino").Core()
     if cpu_has_bf16(core):
         return "bf16", "native bf16"
