@@ -83,6 +83,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--calibration", type=int, default=30, help="frames spread over vtest.avi")
     ap.add_argument("--fidelity-frames", type=int, default=3)
+    ap.add_argument("--proposals", type=int, help="Faster R-CNN: proposals kept after the RPN's NMS (default 1000)")
     args = ap.parse_args()
     core = ov.Core()
     bf16 = cpu_has_bf16(core)
@@ -94,7 +95,10 @@ def main() -> None:
               f"AVX2-only CPU, int8 without VNNI); int8 dot products usable: {int8_dot_product_flags() or 'none'}; "
               f"native bf16: {bf16}")  # fmt: skip
     coco_ap(args.models, args.size)
-    print("# weights for timing and fidelity: random (seed 0)")
+    print(
+        "# weights for timing and fidelity: random (seed 0)"
+        + (f"; Faster R-CNN with {args.proposals} proposals" if args.proposals else "")
+    )
     calibration = read_calibration(VIDEO, args.calibration)
     print(f"# calibration: {len(calibration)} frames of {VIDEO.name}, key {calibration.key}, {calibration.description}")
     # fidelity frames: between the calibration frames (vtest.avi has 795)
@@ -105,7 +109,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             sizes = {"min_size": args.size, "max_size": round(args.size * 4 / 3)}
-            cfg = load_config(None, {"model": name, "weights": "random", **sizes, "score_threshold": 0.05})
+            limits = {"rpn_post_nms_top_n": args.proposals} if args.proposals else {}
+            cfg = load_config(None, {"model": name, "weights": "random", **sizes, "score_threshold": 0.05, **limits})
             model, names, _ = build_model(cfg)
             onnx = Path(tmp) / f"{name}.onnx"
             export_model(model, cfg, names, onnx, fmt="onnx", weights_sha=weights_sha256(cfg, model), progress=False)

@@ -190,6 +190,31 @@ def test_fp32_engines_agree_with_torch(
         assert len(det.engine.compiled_sizes) == 2
 
 
+@pytest.mark.parametrize("levels", [[0, 2, 1, 3, 0, 0, 2, 3, 1], [3, 3, 1, 1], [], [2]])
+def test_export_merges_roi_levels_as_torchvision_does(levels: list[int]) -> None:
+    """The export's gather gives torchvision's merge bit for bit, levels with no box included."""
+    from torchvision.ops.poolers import _onnx_merge_levels
+
+    from detector.engines.export import merge_levels
+
+    lv = torch.tensor(levels, dtype=torch.int64)
+    gen = torch.Generator().manual_seed(len(levels))
+    unmerged = [torch.rand(int((lv == k).sum()), 3, 2, 2, generator=gen) for k in range(4)]
+    assert torch.equal(merge_levels(lv, unmerged), _onnx_merge_levels(lv, unmerged))
+
+
+def test_faster_rcnn_export_has_no_expanded_scatter(exports: dict[str, tuple[Path, Path]]) -> None:
+    """RoI levels are merged by a gather, not by ScatterElements on an index expanded to every pooled
+    value (that merge cost as much as the RoI-align on a CPU); the results are checked against torch above."""
+    import onnx
+
+    graph = onnx.load(str(exports["fasterrcnn_resnet50_fpn"][1])).graph
+    made_by = {out: node.op_type for node in graph.node for out in node.output}
+    scatters = [n for n in graph.node if n.op_type in ("ScatterElements", "ScatterND")]
+    assert not [n.name for n in scatters if made_by.get(n.input[1]) == "Expand"]
+    assert any(n.op_type == "Gather" and "box_roi_pool" in n.name for n in graph.node)
+
+
 def test_onnx_file_picks_onnxruntime_and_names_come_from_sidecar(exports: dict[str, tuple[Path, Path]]) -> None:
     _, onnx = exports["fasterrcnn_resnet50_fpn"]
     det = Detector.from_config(load_config(None, {"model": str(onnx)}))

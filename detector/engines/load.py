@@ -25,7 +25,7 @@ from ..models.build import PostLimits
 from .base import Engine
 from .cache import cache_dir as cache_dir
 from .cache import evict, exports_dir, max_mb, publish, staging, touch
-from .export import calibration_for, export_model, weights_sha256
+from .export import GRAPH_VERSION, calibration_for, export_model, weights_sha256
 from .sidecar import Sidecar, read_sidecar
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ def cache_key(cfg: DetectorConfig, weights_sha: str, fmt: str, calibration: str 
     key of the calibration frames)."""
     baked = {
         "model": cfg.model,
+        "graph": GRAPH_VERSION,
         "weights_sha256": weights_sha,
         "format": fmt,
         "precision": cfg.precision,
