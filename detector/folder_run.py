@@ -164,6 +164,8 @@ def plan_folder(spec: str | Path, options: FolderOptions, *, runner: str = "torc
                 assert isinstance(source, ImageSource)
                 outputs = plan_outputs(source, options.out, options.json, stats=options.stats)
                 return ImagePlan(source.paths, Path(source.info.path), source.base, outputs)
+        if not path.exists():
+            raise SourceError(f"input {text} not found; check the path")
     if runner == "torchrun":
         raise SourceError(
             f"torchrun shares the images or videos of a folder or glob between processes, and {text} is one input; "

@@ -450,7 +450,8 @@ def _run_images(ray: ModuleType, cfg: DetectorConfig, plan: ImagePlan, options: 
     ds = ds.flat_map(decode_chunk, num_cpus=0, compute=ray.data.TaskPoolStrategy(size=2 * place.workers))
     ds = ds.map_batches(ImageWorker, fn_constructor_kwargs={"cfg": cfg, "out": out, "threads": place.threads,
                                                             "hud": options.hud},
-                        compute=ray.data.ActorPoolStrategy(size=place.workers), batch_size=batch,
+                        compute=ray.data.ActorPoolStrategy(size=max(1, min(place.workers, len(chunks)))),
+                        batch_size=batch,
                         batch_format="numpy", **place.remote_args())  # fmt: skip
     outcome = Outcome()
     lines: dict[int, str] = {}

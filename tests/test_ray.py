@@ -175,6 +175,7 @@ def test_errors_are_one_line(local_ray: None, in_work: Path, capsys: pytest.Capt
         return err
 
     assert "--ray runs the images or videos of a folder or glob" in error("clips/a.mp4", "--ray")
+    assert error("no_such_folder", "--ray") == "error: input no_such_folder not found; check the path"
     assert "--workers is for --ray runs" in error("clips", "--workers", "2")
     assert "--workers must be at least 1" in error("clips", "--ray", "--workers", "0")
     blocked = in_work / "blocked"
