@@ -15,9 +15,6 @@ from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any, TypeVar
 
-import torch
-import torch.distributed as dist
-
 from .config import DetectorConfig
 from .errors import DetectorError
 
@@ -32,6 +29,8 @@ def env_world_size() -> int:
 
 def world() -> tuple[int, int]:
     """``(rank, world_size)`` of the joined process group; ``(0, 1)`` when there is none."""
+    import torch.distributed as dist  # here, not at the top: a --ray driver and its tasks never load torch
+
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -48,6 +47,9 @@ def distributed_from_env(
     if env_world_size() <= 1:
         yield cfg, 0
         return
+    import torch
+    import torch.distributed as dist
+
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = cfg.device.startswith(("auto", "cuda")) and torch.cuda.is_available()
     if use_cuda:
@@ -84,6 +86,8 @@ class Group:
         if self.size == 1:
             return [value]
         got: list[Any] = [None] * self.size
+        import torch.distributed as dist
+
         dist.all_gather_object(got, value)
         return got
 
@@ -92,6 +96,8 @@ class Group:
         if self.size == 1:
             return [value]
         got: list[Any] | None = [None] * self.size if self.rank == 0 else None
+        import torch.distributed as dist
+
         dist.gather_object(value, got, dst=0)
         return got or []
 
@@ -99,6 +105,8 @@ class Group:
         if self.size == 1:
             return value
         box: list[Any] = [value]
+        import torch.distributed as dist
+
         dist.broadcast_object_list(box, src=0)
         return box[0]  # type: ignore[no-any-return]
 

@@ -35,6 +35,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import DetectorConfig
 from .distributed import Group, PeerFailed, describe_error, distributed_from_env, env_world_size, one_line
@@ -45,8 +46,10 @@ from .io.types import Frame
 from .io.videos import find_videos
 from .pipeline import Stats
 from .planning import FolderPlan, ImagePlan, OutputPlan, plan_outputs, plan_video_outputs
-from .predictor import Detector
-from .runner import RunResult, run
+
+if TYPE_CHECKING:  # imported where used: a --ray driver and its decode tasks never load torch
+    from .predictor import Detector
+    from .runner import RunResult
 
 log = logging.getLogger(__name__)
 WAIT = timedelta(hours=24)
@@ -182,6 +185,8 @@ def _part(json_path: Path, rank: int) -> Path:
 
 
 def _run(cfg: DetectorConfig, group: Group, spec: str | Path, options: FolderOptions) -> FolderResult | None:
+    from .predictor import Detector
+
     plan = group.by_rank0(lambda: plan_folder(spec, options))
     progress = options.progress and group.rank == 0
     detector = group.step(lambda: Detector.from_config(cfg, progress=progress))
@@ -232,6 +237,8 @@ def _run(cfg: DetectorConfig, group: Group, spec: str | Path, options: FolderOpt
 def _run_videos(detector: Detector, plan: FolderPlan, options: FolderOptions, group: Group, progress: bool) -> Outcome:
     """This process's videos, one after the other; stops at the first error (an undecodable video
     is skipped with a warning)."""
+    from .runner import run
+
     outcome = Outcome()
     try:
         for video, media, jsonl in plan.items[group.rank :: group.size]:
@@ -263,6 +270,8 @@ def _run_images(
     detector: Detector, plan: ImagePlan, part: Path | None, options: FolderOptions, group: Group, progress: bool
 ) -> Outcome:
     """This process's images, written to the shared folder, its JSON lines to ``part``."""
+    from .runner import run
+
     outcome = Outcome()
     paths = plan.paths[: options.max_frames] if options.max_frames else plan.paths
     try:

@@ -186,6 +186,17 @@ def test_errors_are_one_line(local_ray: None, in_work: Path, capsys: pytest.Capt
     assert not list(in_work.rglob("*.partial-*"))
 
 
+def test_the_driver_and_decode_tasks_load_no_torch() -> None:
+    """A --ray driver plans and gathers, its decode tasks read images: neither imports torch (3-4 s
+    each on a 2-core machine, before ray.init and in every task's process); only the model-holding
+    workers do."""
+    code = ("import sys; import detector.cli, detector.ray_run, detector.folder_run; "
+            "from detector.pipeline import Stats; "
+            "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
+
+
 def test_without_ray_the_fix_is_named_in_one_line(tmp_path: Path) -> None:
     """Ray's import fails (``sys.modules["ray"] = None``): exit 2, one line, nothing written."""
     image_folder(tmp_path / "imgs", 1)
