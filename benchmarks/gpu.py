@@ -73,14 +73,14 @@ def model_only(detector: Detector, frames: list, batch: int, rounds: int) -> tup
     return median(results), warm
 
 
-def end_to_end(detector: Detector, video: Path, frames: int, batch: int, threads: int, rounds: int, tmp: Path
-               ) -> tuple[float, float, str]:  # fmt: skip
+def end_to_end(detector: Detector, video: Path, frames: int, batch: int, threads: int, rounds: int, tmp: Path,
+               render_procs: int = 0) -> tuple[float, float, str]:  # fmt: skip
     run(detector, video, out=tmp / "w.mp4", json=tmp / "w.jsonl", max_frames=2 * batch * threads, batch_size=batch,
-        detect_threads=threads, progress=False)  # warm-up  # fmt: skip
+        detect_threads=threads, progress=False, render_procs=render_procs)  # warm-up  # fmt: skip
     results, table, boxes = [], "", 0.0
     for i in range(rounds):
         r = run(detector, video, out=tmp / f"e{i}.mp4", json=tmp / f"e{i}.jsonl", max_frames=frames,
-                batch_size=batch, detect_threads=threads, progress=False)  # fmt: skip
+                batch_size=batch, detect_threads=threads, progress=False, render_procs=render_procs)  # fmt: skip
         results.append(r.frames / r.seconds)
         table, boxes = r.stats.table(), r.detections / r.frames
     return median(results), boxes, table
@@ -181,6 +181,12 @@ def main() -> None:
     ap.add_argument("--channels-last", action="store_true", help="the model in channels-last memory format")
     ap.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN time its algorithms per input size")
     ap.add_argument("--profile", action="store_true", help="print where the largest batch's time goes (torch.profiler)")
+    ap.add_argument(
+        "--render-procs",
+        type=int,
+        default=0,
+        help="end to end: draw in N worker processes (run's render_procs; default 0, a thread)",
+    )
     ap.add_argument("--paths", choices=("both", *PATHS), default="both",
                     help="the torch engine's path(s) to time: torchvision's own forward, the batched sync-free one "
                          "(the CUDA default), or both in the same run (default) for the ratio")  # fmt: skip
@@ -196,7 +202,8 @@ def main() -> None:
     print(f"{args.video.name} {w}x{h}, min_size {args.min_size}, model only on {len(frames)} frames, end to end on "
           f"{args.frames} frames (mp4 + JSONL), median of {args.rounds} rounds, max detections "
           f"{args.max_detections}, cuDNN benchmark {'on' if args.cudnn_benchmark else 'off'}, channels-last "
-          f"{'on' if args.channels_last else 'off'}\n")  # fmt: skip
+          f"{'on' if args.channels_last else 'off'}, drawing in "
+          f"{f'{args.render_procs} worker process(es)' if args.render_procs else 'the writer thread'}\n")  # fmt: skip
     paths = list(PATHS) if args.paths == "both" else [args.paths]
     print("| model | weights | precision | compile | path | syncs/batch | batch | model only, frames/s "
           "| detect threads | end to end, frames/s | boxes/frame | first batch, s |")  # fmt: skip
@@ -224,7 +231,7 @@ def main() -> None:
                     mo, warm = model_only(detector, frames, batch, args.rounds)
                     for threads in args.detect_threads:
                         e2e, boxes, table = end_to_end(detector, args.video, args.frames, batch, threads, args.rounds,
-                                                       Path(tmp))  # fmt: skip
+                                                       Path(tmp), args.render_procs)  # fmt: skip
                         print(f"| {name} | {kind} | {precision} | {'on' if compiled else 'off'} | {path} | {syncs} "
                               f"| {batch} | {mo:.1f} | {threads} | {e2e:.1f} | {boxes:.1f} | {warm:.1f} |",
                               flush=True)  # fmt: skip

@@ -21,7 +21,12 @@ The plain loop reads, gets boxes (the instant model's two, or ``Detector`` on ea
 draws and writes mp4v. ``--two-processes`` also times that loop (fixed boxes, no model) alone
 and as two processes at once, to show whether this machine's cores scale.
 
+``--boxes N`` gives the instant model N boxes per frame (drawing's cost grows with them);
+``--render-procs 0 2`` times the annotated-output rows drawing in the writer thread (0) and in N worker
+processes (``run(render_procs=N)``, :class:`detector.io.renderpool.RenderPool`).
+
     .venv/bin/python benchmarks/pipeline_fps.py [--frames 795] [--rounds 2] [--stages] [--two-processes]
+    .venv/bin/python benchmarks/pipeline_fps.py --outputs h264 --boxes 40 --render-procs 0 1 2 --no-plain
     .venv/bin/python benchmarks/pipeline_fps.py --model d2go [--frames 150]
     .venv/bin/python benchmarks/pipeline_fps.py --model d2go --frames 120 --outputs avi --batches 1 4 \\
         --no-model-only --no-plain
@@ -57,13 +62,23 @@ OUTPUTS = {
 
 
 class Instant(torch.nn.Module):
-    """Two fixed person boxes per image, whatever the image: a model that costs nothing."""
+    """Two fixed person boxes per image (or ``boxes`` of them, ``--boxes``), whatever the image: a
+    model that costs nothing."""
 
     accepts_uint8 = True
 
+    def __init__(self, boxes: int = 2) -> None:
+        super().__init__()
+        fixed = [box for box, _ in FIXED]
+        # more boxes: a 10-column grid of 60x110 boxes over a 768x576 frame, labels 1..80
+        grid = [(20 + 74 * (i % 10), 20 + 50 * (i // 10 % 10), 80 + 74 * (i % 10), 130 + 50 * (i // 10 % 10))
+                for i in range(max(0, boxes - 2))]  # fmt: skip
+        self.boxes = torch.tensor([[float(v) for v in box] for box in (fixed + grid)[:boxes]])
+        self.scores = torch.linspace(0.95, 0.5, len(self.boxes))
+        self.labels = torch.arange(len(self.boxes)) % 80 + 1
+
     def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        boxes = torch.tensor([[float(v) for v in box] for box, _ in FIXED])
-        return [{"boxes": boxes, "scores": torch.tensor([0.9, 0.8]), "labels": torch.tensor([1, 1])} for _ in images]
+        return [{"boxes": self.boxes, "scores": self.scores, "labels": self.labels} for _ in images]
 
 
 class FloatInstant(Instant):
@@ -114,6 +129,10 @@ def main() -> None:
     ap.add_argument("--outputs", nargs="*", choices=list(OUTPUTS),
                     help="default: all for the instant model, h264 for a real one")  # fmt: skip
     ap.add_argument("--batches", nargs="*", type=int, default=[1], help="batch sizes (run's batch_size)")
+    ap.add_argument("--boxes", type=int, default=2, help="boxes the instant model returns per frame (default 2)")
+    ap.add_argument("--render-procs", nargs="*", type=int, default=[0],
+                    help="run's render_procs for the mp4 rows: 0 draws in the writer thread (default), N in N "
+                    "worker processes")  # fmt: skip
     ap.add_argument("--frames", type=int, help="default: 795 (all) for the instant model, 150 for a real one")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--plain", action=argparse.BooleanOptionalAction, default=True,
@@ -128,18 +147,21 @@ def main() -> None:
     outputs = args.outputs or (list(OUTPUTS) if instant else ["h264"])
     n = args.frames or (795 if instant else 150)
     if instant:
-        detector = Detector(Instant(), name="instant", device="cpu")
+        detector = Detector(Instant(args.boxes), name="instant", device="cpu", score_threshold=0.0)
     else:
         cfg = load_config(None, {"model": args.model, "weights": args.weights, "device": "cpu", **sized(args.min_size)})
         detector = Detector.from_config(cfg, progress=False)
-    cases: list[tuple[str, Detector, str, int]] = []  # (row, detector, output, batch)
+    cases: list[tuple[str, Detector, str, int, int]] = []  # (row, detector, output, batch, render_procs)
     for output in outputs:
         for b in args.batches:
             row = f"run(): {OUTPUTS[output]}" + (f", batch {b}" if args.batches != [1] else "")
-            cases.append((row, detector, output, b))
+            for procs in args.render_procs if output in ("h264", "mp4v", "avi") else [0]:
+                named = row + (f", render_procs {procs}" if args.render_procs != [0] else "")
+                cases.append((named, detector, output, b, procs))
             if instant and output == "h264" and b == args.batches[0]:
-                float_model = Detector(FloatInstant(), name="instant-float", device="cpu")
-                cases.append((f"{row}, float-input model", float_model, output, b))
+                float_model = Detector(FloatInstant(args.boxes), name="instant-float", device="cpu",
+                                       score_threshold=0.0)  # fmt: skip
+                cases.append((f"{row}, float-input model", float_model, output, b, 0))
     fps: dict[str, list[float]] = {}
     cpu: dict[str, list[float]] = {}  # CPU ms per frame, all threads of this process
     last_stats = None
@@ -155,8 +177,10 @@ def main() -> None:
                     c0 = time.process_time()
                     fps.setdefault(row, []).append(model_only(detector, frames, b))
                     cpu.setdefault(row, []).append((time.process_time() - c0) / len(frames) * 1000)
-            for k, (row, det, output, b) in enumerate(cases):
-                extra = {"batch_size": b} if b != 1 else {}  # batch 1 also runs on versions without batching
+            for k, (row, det, output, b, procs) in enumerate(cases):
+                extra: dict[str, Any] = {"batch_size": b} if b != 1 else {}  # batch 1 runs on versions without it
+                if procs:
+                    extra["render_procs"] = procs
                 c0 = time.process_time()
                 r = run(det, VIDEO, max_frames=n, progress=False, **run_kwargs(output, d, f"r{i}-{k}"), **extra)
                 cpu.setdefault(row, []).append((time.process_time() - c0) / r.frames * 1000)

@@ -94,8 +94,6 @@ def _config_from(args: argparse.Namespace) -> DetectorConfig:
 def cmd_run(args: argparse.Namespace) -> int:
     from .io.sources import open_source
     from .planning import DEFAULT_SOURCE, plan_outputs
-    from .predictor import Detector
-    from .runner import run
 
     cfg = _config_from(args)
     for flag, value, least in (
@@ -105,6 +103,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         ("--max-viewers", args.max_viewers, 1),
         ("--batch-size", args.batch_size, 1),
         ("--detect-threads", args.detect_threads, 1),
+        ("--render-procs", args.render_procs, 0),
     ):
         if value is not None and value < least:
             raise DetectorError(f"{flag} must be at least {least}, got {value}")
@@ -125,14 +124,24 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         check_gui()
     stats_path = Path(args.stats) if args.stats not in (None, "-") else None
+    if args.render_procs and (args.serve is not None or args.show):
+        raise DetectorError("--render-procs draws the output file in worker processes and cannot feed --serve or "
+                            "--show; drop one of them")  # fmt: skip
+    if args.render_procs and (args.ray is not None or args.sources is not None or len(args.source) > 1):
+        raise DetectorError("--render-procs is for one input; drop it for --ray, --sources and several inputs")
     if args.ray is not None or args.workers is not None:
-        return _run_ray(args, cfg, stats_path)
+        return _run_ray(args, cfg, stats_path)  # its driver loads no torch: the workers do
+    from .predictor import Detector
+    from .runner import run
+
     if args.sources is not None or len(args.source) > 1:
         return _run_many(args, cfg, stats_path, serve_token)
     args.source = args.source[0] if args.source else None
     from .folder_run import many_inputs
 
     if many_inputs(args.source):  # a folder of videos, or any run under torchrun
+        if args.render_procs:
+            raise DetectorError("--render-procs is for one input; drop it for a folder of videos or torchrun")
         return _run_folder(args, cfg, stats_path)
     source = open_source(args.source if args.source is not None else DEFAULT_SOURCE,
                          stride=args.stride or 1, start=args.start or 0, end=args.end)  # fmt: skip
@@ -150,7 +159,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         result = run(detector, source, plan=plan, max_frames=args.max_frames, progress=not args.quiet,
                      serve=args.serve, serve_token=serve_token, max_viewers=args.max_viewers,
                      show=args.show, hud=args.hud, batch_size=args.batch_size, codec=args.codec,
-                     detect_threads=args.detect_threads,
+                     detect_threads=args.detect_threads, render_procs=args.render_procs,
                      announce=None if args.quiet else print)  # fmt: skip
     except Interrupted as exc:
         exc.detail = _kept_after_stop(before, plan.json)
@@ -512,6 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detect-threads", type=int, metavar="N",
                    help="files and folders: batches detected at once, each in a thread and CUDA stream of its "
                    "own (default 1; 2 kept an H100 busier with the Faster R-CNNs, +3-28%%)")  # fmt: skip
+    p.add_argument("--render-procs", type=int, metavar="N", default=0,
+                   help="one input with an annotated --out: draw boxes in N worker processes (default 0: in a "
+                   "thread), for GPU runs fast enough that drawing holds the model's thread up")  # fmt: skip
     p.add_argument(
         "--serve",
         metavar="[HOST:]PORT",

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from .io.base import Closeable, enter_sinks
 from .io.live import LiveSource
 from .io.offthread import OffThreadSink
+from .io.renderpool import RenderPool
 from .io.sinks import ImageSink, JsonlSink, VideoFileSink
 from .io.sources import ImageSource, VideoFileSource, open_source
 from .io.types import Frame
@@ -86,12 +87,16 @@ def open_sinks(
     codec: str = "auto",
     announce: Callable[[str], object] | None = None,
     copy_frames: bool = False,
+    render_procs: int = 0,
+    hud: str | None = None,
 ) -> list[Sink]:
     """The sinks a plan and the view options ask for, entered on ``stack``. Views open first and
     files last, so a view that cannot start touches no file. The video's codec is told once in one
     line (``video: H.264 (libx264) -> runs/x.mp4``) to ``announce``, by default logged at INFO.
     ``copy_frames``: the encoder thread gets its own copy of each image (other sinks, written
-    after it, may still draw on the frame)."""
+    after it, may still draw on the frame). ``render_procs`` > 0 with an annotated output: the
+    frames are drawn (with ``hud``, the model name, a status line) in that many worker processes
+    and written in order by :class:`~detector.io.renderpool.RenderPool`; the caller does not draw."""
     info = source.info
     sinks: list[Sink] = []
     files: list[VideoFileSink | ImageSink | JsonlSink] = []
@@ -124,7 +129,11 @@ def open_sinks(
         jsonl = JsonlSink(plan.json, with_image=info.kind in ("image", "images"))
         stack.enter_context(jsonl)
         files.append(jsonl)
-    if files:
+    if files and render_procs and plan.out is not None:
+        pool = RenderPool(*files, procs=render_procs, hud=hud)
+        stack.push(pool.__exit__)
+        sinks.append(pool)
+    elif files:
         # Encoding runs in a thread of its own (OpenCV releases the GIL), on another core than
         # detection and drawing; the JSON line follows its frame there. Closed before the
         # files themselves, so they get every queued frame.
@@ -147,8 +156,8 @@ def run(  # type: ignore[overload-overlap]  # a str is a Sequence too: this one 
     source: str | Path | AnySource = ...,
     *,
     sinks: Sequence[Sink] | None = None,
-    out: Path | None = None,
-    json: Path | None = None,
+    out: str | Path | None = None,
+    json: str | Path | None = None,
     serve: str | None = None,
     serve_token: str | None = None,
     max_viewers: int = 32,
@@ -161,6 +170,7 @@ def run(  # type: ignore[overload-overlap]  # a str is a Sequence too: this one 
     detect_threads: int | None = None,
     codec: str = "auto",
     announce: Callable[[str], object] | None = None,
+    render_procs: int = 0,
 ) -> RunResult: ...
 
 
@@ -170,8 +180,8 @@ def run(
     source: Several,
     *,
     sinks: Sequence[Sink] | None = None,
-    out: Path | None = None,
-    json: Path | None = None,
+    out: str | Path | None = None,
+    json: str | Path | None = None,
     serve: str | None = None,
     serve_token: str | None = None,
     max_viewers: int = 32,
@@ -184,6 +194,7 @@ def run(
     detect_threads: int | None = None,
     codec: str = "auto",
     announce: Callable[[str], object] | None = None,
+    render_procs: int = 0,
 ) -> MultiRunResult: ...
 
 
@@ -192,8 +203,8 @@ def run(
     source: str | Path | AnySource | Several = DEFAULT_SOURCE,
     *,
     sinks: Sequence[Sink] | None = None,
-    out: Path | None = None,
-    json: Path | None = None,
+    out: str | Path | None = None,
+    json: str | Path | None = None,
     serve: str | None = None,
     serve_token: str | None = None,
     max_viewers: int = 32,
@@ -206,6 +217,7 @@ def run(
     detect_threads: int | None = None,
     codec: str = "auto",
     announce: Callable[[str], object] | None = None,
+    render_procs: int = 0,
 ) -> RunResult | MultiRunResult:
     """Run ``detector`` over a source (a spec, or an opened source, which this closes) and hand
     every annotated frame and its detections to each sink, in order.
@@ -232,15 +244,23 @@ def run(
     ``codec`` (``auto``, ``h264``, ``mp4v``) picks the video's codec (see
     :class:`~detector.io.sinks.VideoFileSink`); the one used is told in one line to ``announce``
     (e.g. ``print``), else logged at INFO on ``detector.runner`` (silent unless logging is set up).
+    ``render_procs`` (one source writing an annotated file, no ``serve``/``show``/``sinks``): draw the
+    frames in that many worker processes instead of the writer thread
+    (:class:`~detector.io.renderpool.RenderPool`), for runs fast enough that drawing holds the GIL
+    the model's thread needs; the files are those of a run without it.
     Decoding, detection and rendering+writing
     overlap (:func:`detector.pipeline.run_pipeline`); files are renamed into place when
     finalised (see :mod:`detector.io.sinks`).
     """
     start = time.perf_counter()
     check_arguments("run", detector, source)
+    out = Path(out) if out is not None else None  # a str is a path too
+    json = Path(json) if json is not None else None
     if several_sources(source):
         from .multi_run import run_sources
 
+        if render_procs:
+            raise TypeError("render_procs is for one source")
         if json is not None or show or plan is not None or batch_size is not None or detect_threads is not None:
             raise TypeError("run() over several sources takes out (a folder), serve, sinks, hud, max_frames and "
                             "codec; json, show, plan, batch_size and detect_threads are for one source")  # fmt: skip
@@ -248,6 +268,11 @@ def run(
                            serve_token=serve_token, max_viewers=max_viewers, hud=hud, max_frames=max_frames,
                            codec=codec, announce=announce)  # fmt: skip
     check_counts(batch_size=batch_size, detect_threads=detect_threads)  # before any output is opened
+    if render_procs < 0:
+        raise ValueError(f"render_procs must be 0 or more, got {render_procs}")
+    if render_procs and (serve or show or sinks):
+        raise ValueError("render_procs draws the output files in worker processes; it cannot feed serve, show "
+                         "or sinks of yours: leave one out")  # fmt: skip
     defaults = sinks is None  # no sinks asked for: outputs in ./runs/, as the CLI writes them
     sinks = list(sinks or ())
     if not isinstance(source, (ImageSource, VideoFileSource, LiveSource)):
@@ -262,7 +287,8 @@ def run(
         title = f"detector: {detector.name}"
         all_sinks = open_sinks(stack, source, plan or OutputPlan(None, None), serve=serve, show=show, title=title,
                                serve_token=serve_token, max_viewers=max_viewers, codec=codec,
-                               announce=announce, copy_frames=bool(sinks))  # fmt: skip
+                               announce=announce, copy_frames=bool(sinks), render_procs=render_procs,
+                               hud=detector.name if hud else None)  # fmt: skip
         all_sinks.extend(enter_sinks(stack, sinks))
         planned = source.planned_frames if isinstance(source, VideoFileSource) else info.frame_count
         total = None if source.live else (planned if max_frames is None else min(max_frames, planned or max_frames))
@@ -289,10 +315,11 @@ def run(
             for pump in pumps:
                 pump()
 
-        stats = run_pipeline(source, detector, write, render=render, max_frames=max_frames,
+        pooled = any(isinstance(s, RenderPool) for s in all_sinks)  # it draws: the writer thread does not
+        stats = run_pipeline(source, detector, write, render=None if pooled else render, max_frames=max_frames,
                              on_main_thread=on_main_thread if pumps else None,
                              batch_size=batch_size, detect_threads=detect_threads)  # fmt: skip
-        inner = [f for s in all_sinks for f in (s.sinks if isinstance(s, OffThreadSink) else (s,))]
+        inner = [f for s in all_sinks for f in (s.sinks if isinstance(s, (OffThreadSink, RenderPool)) else (s,))]
         files = {type(s): s.path for s in inner if isinstance(s, (VideoFileSink, ImageSink, JsonlSink))}
     media = files.get(VideoFileSink, files.get(ImageSink))
     return RunResult(stats.frames, detections, media, files.get(JsonlSink), time.perf_counter() - start, stats)
