@@ -44,8 +44,8 @@ from .io.sinks import _finalise, partial_path, prepare_output
 from .io.sources import GLOB_CHARS, STREAM_SCHEMES, ImageSource, open_source
 from .io.types import Frame
 from .io.videos import find_videos
-from .pipeline import Stats
 from .planning import FolderPlan, ImagePlan, OutputPlan, plan_outputs, plan_video_outputs
+from .stats import Stats
 
 if TYPE_CHECKING:  # imported where used: a --ray driver and its decode tasks never load torch
     from .predictor import Detector

@@ -50,8 +50,8 @@ from .config import DetectorConfig
 from .errors import DetectorError, Interrupted, SourceError, StopPipeline
 from .folder_run import FolderOptions, FolderResult, Outcome, merge_stats, plan_folder
 from .io.sinks import _finalise, partial_path
-from .pipeline import Stats
 from .planning import FolderPlan, ImagePlan
+from .stats import Stats
 
 log = logging.getLogger(__name__)
 RAY_MISSING = f"--ray needs Ray, an optional extra: pip install '{__distribution__}[ray]'"

@@ -230,3 +230,13 @@ def test_window_like_sinks_are_pumped_on_the_main_thread() -> None:
     assert pumps == ["pump:MainThread"] * 6
     assert all(c == "write:detector-write" for c in calls if c.startswith("write"))
     assert result.frames <= 5, "the run stopped at the sixth pump"
+
+
+def test_stream_is_the_function_whatever_was_imported_first() -> None:
+    """``detector.pipeline.stream`` names a submodule and the public function: the function wins
+    (importing the runner, which imports from the submodule, must not leave the module there)."""
+    import detector
+    import detector.runner  # noqa: F401
+    from detector.pipeline import stream
+
+    assert callable(stream) and callable(detector.stream) and detector.stream is stream

@@ -191,7 +191,7 @@ def test_the_driver_and_decode_tasks_load_no_torch() -> None:
     each on a 2-core machine, before ray.init and in every task's process); only the model-holding
     workers do."""
     code = ("import sys; import detector.cli, detector.ray_run, detector.folder_run; "
-            "from detector.pipeline import Stats; "
+            "from detector.stats import Stats; "
             "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.strip() == "[]", done.stdout

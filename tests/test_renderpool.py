@@ -4,6 +4,7 @@ drawing in the writer thread; errors, a killed worker and the shared memory it l
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -163,3 +164,25 @@ def test_run_takes_str_paths(tmp_path: Path, torchscript_detector: Detector) -> 
     out = tmp_path / "o.mp4"
     result = run(torchscript_detector, str(need(VIDEO)), out=str(out), max_frames=3, progress=False, render_procs=1)
     assert result.out == out and result.json == out.with_suffix(".jsonl") and result.frames == 3
+
+
+def test_an_unpicklable_frame_fails_in_write_and_nothing_hangs(clip: list[np.ndarray]) -> None:
+    """What cannot reach a worker fails in the caller's ``write`` (not silently in a queue's feeder
+    thread, which would leave the slot undrawn and ``close`` waiting for ever); the slot is returned."""
+
+    class Local(Detections):  # a class defined in a function cannot be pickled
+        pass
+
+    keep = Keep()
+    pool = RenderPool(keep, procs=1, slots=2)
+    pool.write(Frame(0, 0.0, clip[0], "clip"), Detections.empty())
+    with pytest.raises((AttributeError, TypeError, pickle.PicklingError)):
+        pool.write(Frame(1, 0.0, clip[1], "clip"), Local.empty())
+    for i in (2, 3, 4):  # both slots still usable
+        pool.write(Frame(i, 0.0, clip[i], "clip"), Detections.empty())
+    start = time.monotonic()
+    pool.close()
+    assert time.monotonic() - start < 30 and [i for i, _ in keep.frames] == [0, 2, 3, 4]
+    with pytest.raises(SinkError, match="closed"):
+        pool.write(Frame(5, 0.0, clip[5], "clip"), Detections.empty())
+    assert pool.path is not None and not pool.path.exists()

@@ -21,6 +21,7 @@ import logging
 import mmap
 import multiprocessing as mp
 import os
+import pickle
 import queue
 import signal
 import sys
@@ -40,8 +41,8 @@ from .types import Frame
 
 log = logging.getLogger(__name__)
 POLL_S = 0.05
-START_TIMEOUT_S = 120.0
-"""How long the pool waits for a worker process to start (a spawned interpreter imports cv2 and numpy)."""
+DEFAULT_SLOT_BYTES = 1920 * 1080 * 3
+"""Slot size when the frames' size is not known beforehand (a folder of images): a 1080p BGR frame."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,26 +63,38 @@ def _draw(image: np.ndarray, detections: Detections, index: int, hud: HudLine | 
         Hud(hud.model, fps=hud.fps).draw(image, index, hud.latency_ms)
 
 
-def _worker(path: str, tasks: Any, done: Any) -> None:
-    """A worker process: draw on the slots it is handed until it gets None."""
+def _worker(tasks: Any, done: Any) -> None:
+    """A worker process: draw on the slots it is handed until it gets None (or its parent is gone)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a stop is the parent's to handle: it closes the pool
+    parent = mp.parent_process()
     view: mmap.mmap | None = None
-    done.put(("up", os.getpid(), None))
+    mapped = ("", 0)
     try:
-        while (task := tasks.get()) is not None:
-            slot, offset, size, shape, detections, index, hud = task
+        while True:
             try:
-                if view is None or len(view) < size:
+                payload = tasks.get(timeout=1.0)
+            except queue.Empty:
+                if parent is not None and not parent.is_alive():
+                    return  # the parent was killed: nobody will close the pool
+                continue
+            if payload is None:
+                return
+            slot, path, offset, size, shape, detections, index, hud = pickle.loads(payload)
+            try:
+                if view is None or mapped != (path, size):
                     if view is not None:
                         view.close()
                     with open(path, "r+b") as f:
                         view = mmap.mmap(f.fileno(), size)
+                    mapped = (path, size)
                 image = np.ndarray(shape, np.uint8, buffer=view, offset=offset)
                 _draw(image, detections, index, hud)
                 del image
-                done.put(("drawn", slot, None))
-            except Exception as exc:  # reported to the parent, which ends the run with it
-                done.put(("drawn", slot, f"{type(exc).__name__}: {exc}"))
+                done.put((slot, None))
+            except BaseException as exc:  # reported to the parent, which ends the run with it
+                done.put((slot, f"{type(exc).__name__}: {exc}"))
+                if not isinstance(exc, Exception):
+                    raise
     finally:
         if view is not None:
             view.close()
@@ -120,29 +133,29 @@ class RenderPool:
     worker processes, then writes it to ``sinks`` in frame order from a thread of its own.
 
     ``hud``: the model name for the status line (fps measured here, at ``write``), or None for no
-    status line. ``slots``: frames in flight (default ``2 * procs + 2``). Like
-    :class:`~.offthread.OffThreadSink` it does not close ``sinks`` (their owner does, after this);
-    an error of a worker or a sink is raised by the next ``write`` or by ``close``; ``close`` first
-    writes every frame handed over, then stops the workers. A frame handed over is not changed
-    (its image is copied into a slot).
+    status line. ``slots``: frames in flight (default ``2 * procs + 2``). ``frame_bytes``: the
+    size of one frame when known (a video's), else slots hold a 1080p frame or the first frame,
+    whichever is larger. Like :class:`~.offthread.OffThreadSink` it does not close ``sinks`` (their
+    owner does, after this); an error of a worker or a sink is raised by the next ``write`` or by
+    ``close``, and every ``write`` after it raises too; ``close`` first writes every frame handed
+    over, then stops the workers. A frame handed over is not changed (its image is copied into a slot).
     """
 
-    def __init__(self, *sinks: Any, procs: int, hud: str | None = None, slots: int | None = None) -> None:
+    def __init__(self, *sinks: Any, procs: int, hud: str | None = None, slots: int | None = None,
+                 frame_bytes: int | None = None) -> None:  # fmt: skip
         if procs < 1:
             raise ValueError(f"a render pool needs at least one process, got {procs}")
         self.sinks = sinks
         self.procs = procs
         self.slots = slots or 2 * procs + 2
         self.hud = hud
+        self._frame_bytes = frame_bytes
         self._status: Any = None
         if hud is not None:
             from ..render.hud import Hud
 
             self._status = Hud(hud)
-        shm = Path("/dev/shm")
-        fd, name = tempfile.mkstemp(prefix="detector-render-", dir=shm if shm.is_dir() else None)
-        os.close(fd)
-        self.path = Path(name)
+        self.path: Path | None = None
         self._map: mmap.mmap | None = None
         self._slot_bytes = 0
         self._free: deque[int] = deque(range(self.slots))
@@ -151,37 +164,64 @@ class RenderPool:
         self._error: BaseException | None = None
         self._reported = False
         self._closing = False
+        self._abort = False
+        self._stopping = False
         self._closed = False
         ctx = mp.get_context("spawn")  # not fork: the caller runs threads (and maybe CUDA)
         self._tasks = ctx.Queue()
         self._done = ctx.Queue()
-        self._workers = [ctx.Process(target=_worker, args=(str(self.path), self._tasks, self._done),
-                                     name=f"detector-render-{i}", daemon=True) for i in range(procs)]  # fmt: skip
+        self._workers = [ctx.Process(target=_worker, args=(self._tasks, self._done), name=f"detector-render-{i}",
+                                     daemon=True) for i in range(procs)]  # fmt: skip
+        self._thread = threading.Thread(target=self._loop, name="detector-render-writer", daemon=True)
         try:
             with _main_module_hidden():
                 for worker in self._workers:
                     worker.start()
+            self._thread.start()
         except BaseException:
             self._stop_workers()
             raise
-        self._up = 0
-        self._thread = threading.Thread(target=self._loop, name="detector-render-writer", daemon=True)
-        self._thread.start()
 
     # -- the caller's side ----------------------------------------------------------------
 
     def _raise(self) -> None:
-        if self._error is not None and not self._reported:
+        if self._error is not None:
+            if self._reported:  # raised once already: the pool is stopped, say so again
+                raise SinkError(f"the render pool stopped after an error: {self._error}")
             self._reported = True
             raise self._error
+        if not self._thread.is_alive():
+            raise SinkError("the render pool is closed")
+
+    def _allocate(self, nbytes: int) -> None:
+        """The slots, sized by ``frame_bytes`` or the first frame: in /dev/shm (memory), else, or when it
+        has no room (a container's 64 MB), in the temporary folder (the page cache)."""
+        self._slot_bytes = max(nbytes, self._frame_bytes or DEFAULT_SLOT_BYTES, 1)
+        total = self._slot_bytes * self.slots
+        shm = Path("/dev/shm")
+        for folder in ([str(shm)] if shm.is_dir() else []) + [None]:
+            fd, name = tempfile.mkstemp(prefix="detector-render-", dir=folder)
+            try:
+                try:  # reserved now: a sparse file in a full /dev/shm would kill the process at first touch
+                    os.posix_fallocate(fd, 0, total)
+                except AttributeError:  # no posix_fallocate (macOS): a plain size
+                    os.ftruncate(fd, total)
+                self._map = mmap.mmap(fd, total)
+            except OSError as exc:
+                os.close(fd)
+                os.unlink(name)
+                if folder is None:
+                    raise SinkError(f"cannot reserve {total >> 20} MB for the render pool's frames ({exc.strerror});"
+                                    " free some memory or run without --render-procs") from None  # fmt: skip
+                continue
+            os.close(fd)
+            self.path = Path(name)
+            return
 
     def _slot_for(self, nbytes: int) -> int | None:
         """A free slot (waiting for one), or None when the frame does not fit a slot."""
-        if self._map is None:  # sized by the first frame: a video's frames all share its size
-            self._slot_bytes = max(nbytes, 1)
-            with open(self.path, "r+b") as f:
-                f.truncate(self._slot_bytes * self.slots)
-                self._map = mmap.mmap(f.fileno(), self._slot_bytes * self.slots)
+        if self._map is None:
+            self._allocate(nbytes)
         if nbytes > self._slot_bytes:
             return None
         with self._lock:
@@ -204,24 +244,37 @@ class RenderPool:
         if slot is None:  # too large for a slot: drawn here, written in its turn
             image = image.copy()
             _draw(image, detections, frame.index, hud)
-            item = _Pending(dataclasses.replace(frame, image=image), detections, None, drawn=True)
             with self._lock:
-                self._pending.append(item)
+                self._pending.append(_Pending(dataclasses.replace(frame, image=image), detections, None, drawn=True))
                 self._lock.notify_all()
             return
-        assert self._map is not None
-        offset = slot * self._slot_bytes
-        view = np.ndarray(image.shape, np.uint8, buffer=self._map, offset=offset)
-        view[...] = image
-        with self._lock:
-            self._pending.append(_Pending(dataclasses.replace(frame, image=view), detections, slot))
-        self._tasks.put((slot, offset, self._slot_bytes * self.slots, image.shape, detections, frame.index, hud))
+        queued = False
+        try:
+            assert self._map is not None and self.path is not None
+            offset = slot * self._slot_bytes
+            view = np.ndarray(image.shape, np.uint8, buffer=self._map, offset=offset)
+            view[...] = image
+            # pickled here, so that a detections object that cannot be pickled fails in this call,
+            # not silently in the queue's feeder thread (which would leave the slot undrawn for ever)
+            payload = pickle.dumps((slot, str(self.path), offset, len(self._map), image.shape, detections,
+                                    frame.index, hud), protocol=pickle.HIGHEST_PROTOCOL)  # fmt: skip
+            with self._lock:
+                self._pending.append(_Pending(dataclasses.replace(frame, image=view), detections, slot))
+                queued = True
+                self._tasks.put(payload)
+        except BaseException:
+            with self._lock:
+                if queued and self._pending and self._pending[-1].slot == slot:
+                    self._pending.pop()
+                self._free.append(slot)
+                self._lock.notify_all()
+            raise
 
     # -- the writer thread ----------------------------------------------------------------
 
     def _loop(self) -> None:
         try:
-            while True:
+            while not self._abort:
                 self._take_drawn()
                 if self._write_ready():
                     continue
@@ -231,6 +284,7 @@ class RenderPool:
                 self._check_workers()
         except BaseException as exc:
             self._error = exc
+        finally:
             with self._lock:
                 self._lock.notify_all()
 
@@ -241,17 +295,14 @@ class RenderPool:
         except queue.Empty:
             return
         while True:
-            kind, value, error = message
-            if kind == "up":
-                self._up += 1
-            else:
-                if error is not None:
-                    raise SinkError(f"drawing a frame failed in a render process: {error}")
-                with self._lock:
-                    for item in self._pending:
-                        if item.slot == value:
-                            item.drawn = True
-                            break
+            slot, error = message
+            if error is not None:
+                raise SinkError(f"drawing a frame failed in a render process: {error}")
+            with self._lock:
+                for item in self._pending:
+                    if item.slot == slot:
+                        item.drawn = True
+                        break
             try:
                 message = self._done.get_nowait()
             except queue.Empty:
@@ -260,7 +311,7 @@ class RenderPool:
     def _write_ready(self) -> bool:
         """Write the drawn frames at the head of the order; whether any was."""
         wrote = False
-        while True:
+        while not self._abort:
             with self._lock:
                 if not self._pending or not self._pending[0].drawn:
                     return wrote
@@ -273,15 +324,17 @@ class RenderPool:
                     self._free.append(item.slot)
                 self._lock.notify_all()
             wrote = True
+        return wrote
 
     def _check_workers(self) -> None:
         for worker in self._workers:
-            if not worker.is_alive() and worker.exitcode not in (None, 0):
+            if not worker.is_alive() and not self._stopping:
                 raise SinkError(f"a render process died (exit code {worker.exitcode}); run without --render-procs")
 
     # -- closing --------------------------------------------------------------------------
 
     def _stop_workers(self) -> None:
+        self._stopping = True
         for _ in self._workers:
             with contextlib.suppress(Exception):
                 self._tasks.put(None)
@@ -298,7 +351,8 @@ class RenderPool:
 
     def close(self, *, report: bool = True) -> None:
         """Write what was handed over, then stop the workers. ``report=False`` (the run is already
-        ending on an error or a stop signal) logs a write error instead of raising it."""
+        ending on an error or a stop signal) logs a write error instead of raising it. A stop signal
+        while waiting abandons the frames not yet written (the files keep what was)."""
         if self._closed:
             return
         self._closed = True
@@ -306,17 +360,27 @@ class RenderPool:
             self._closing = True
             self._lock.notify_all()
         try:
-            self._thread.join()
+            try:
+                self._thread.join()
+            except BaseException:  # Ctrl-C while frames are still being written: stop at the next frame
+                self._abort = True
+                self._thread.join()
+                raise
         finally:
-            self._stop_workers()
-            self._pending.clear()
-            if self._map is not None:
-                with contextlib.suppress(BufferError):  # a sink kept a frame's view: freed with it
-                    self._map.close()
-            self.path.unlink(missing_ok=True)
-        if report:
-            self._raise()
-        elif self._error is not None and not self._reported:
+            try:
+                self._stop_workers()
+            finally:
+                with self._lock:
+                    self._pending.clear()
+                if self._map is not None:
+                    with contextlib.suppress(BufferError):  # a sink kept a frame's view: freed with it
+                        self._map.close()
+                if self.path is not None:
+                    self.path.unlink(missing_ok=True)
+        if report and self._error is not None and not self._reported:
+            self._reported = True
+            raise self._error
+        if not report and self._error is not None and not self._reported:
             log.warning("writing the output failed while the run was stopping: %s", self._error)
 
     def __enter__(self) -> RenderPool:

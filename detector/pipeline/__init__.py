@@ -14,34 +14,11 @@ frame order from several detecting threads), :mod:`.loop` (the detect loop, a cl
 and their defaults), :mod:`.sync` (the stop-aware queue helpers they share).
 """
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
-
+from .defaults import DEFAULT_DETECT_THREADS, check_batch_memory, check_counts, default_batch_size
+from .loop import DetectLoop, run_pipeline
+from .multi import MultiStream, multi_stream
 from .stats import STAGES, Stats
-
-if TYPE_CHECKING:
-    from .defaults import DEFAULT_DETECT_THREADS, check_batch_memory, check_counts, default_batch_size
-    from .loop import DetectLoop, run_pipeline
-    from .multi import MultiStream, multi_stream
-    from .stream import Stream, check_arguments, several_sources, stream
-
-_WHERE = {
-    **dict.fromkeys(("DEFAULT_DETECT_THREADS", "check_batch_memory", "check_counts", "default_batch_size"), "defaults"),
-    **dict.fromkeys(("DetectLoop", "run_pipeline"), "loop"),
-    **dict.fromkeys(("MultiStream", "multi_stream"), "multi"),
-    **dict.fromkeys(("Stream", "check_arguments", "several_sources", "stream"), "stream"),
-}
-
-
-def __getattr__(name: str) -> Any:
-    """The stages' names, imported on first use (they import torch): :class:`Stats` alone, e.g. for a
-    ``--ray`` driver that only adds up its workers' timings, loads no torch."""
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(f".{_WHERE[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
+from .stream import Stream, check_arguments, several_sources, stream
 
 __all__ = [
     "DEFAULT_DETECT_THREADS",
