@@ -14,7 +14,7 @@ from .conftest import ROOT
 
 LAYERS = [
     ("detector.errors", "detector.categories", "detector.resources"),
-    ("detector.config", "detector.structures"),
+    ("detector.config", "detector.structures", "detector.stats"),  # stats: per-stage timings (numpy only)
     ("detector.distributed",),  # the one home of process-group helpers (torchrun)
     ("detector.io.base", "detector.io.types"),
     ("detector.io", "detector.render"),  # sources, sinks, the live view; annotators: no model code
