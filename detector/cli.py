@@ -128,7 +128,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise DetectorError("--render-procs draws the output file in worker processes and cannot feed --serve or "
                             "--show; drop one of them")  # fmt: skip
     if args.render_procs and (args.ray is not None or args.sources is not None or len(args.source) > 1):
-        raise DetectorError("--render-procs is for one input; drop it for --ray, --sources and several inputs")
+        raise DetectorError("--render-procs is for one input or a folder of videos; drop it for --ray, --sources "
+                            "and several inputs")  # fmt: skip
     if args.ray is not None or args.workers is not None:
         return _run_ray(args, cfg, stats_path)  # its driver loads no torch: the workers do
     from .predictor import Detector
@@ -140,8 +141,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .folder_run import many_inputs
 
     if many_inputs(args.source):  # a folder of videos, or any run under torchrun
-        if args.render_procs:
-            raise DetectorError("--render-procs is for one input; drop it for a folder of videos or torchrun")
         return _run_folder(args, cfg, stats_path)
     source = open_source(args.source if args.source is not None else DEFAULT_SOURCE,
                          stride=args.stride or 1, start=args.start or 0, end=args.end)  # fmt: skip
@@ -293,7 +292,8 @@ def _run_folder(
                             stride=args.stride or 1, start=args.start or 0, end=args.end,
                             max_frames=args.max_frames, hud=args.hud, batch_size=args.batch_size,
                             detect_threads=args.detect_threads, codec=args.codec, progress=not args.quiet,
-                            watch=bool(args.serve is not None or args.show))  # fmt: skip
+                            watch=bool(args.serve is not None or args.show),
+                            render_procs=args.render_procs)  # fmt: skip
     try:
         spec = args.source if args.source is not None else DEFAULT_SOURCE
         result = run_ray(cfg, spec, options, ray) if ray is not None else run_folder(cfg, spec, options)
@@ -522,8 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="files and folders: batches detected at once, each in a thread and CUDA stream of its "
                    "own (default 1; 2 kept an H100 busier with the Faster R-CNNs, +3-28%%)")  # fmt: skip
     p.add_argument("--render-procs", type=int, metavar="N", default=0,
-                   help="one input with an annotated --out: draw boxes in N worker processes (default 0: in a "
-                   "thread), for GPU runs fast enough that drawing holds the model's thread up")  # fmt: skip
+                   help="annotated output of one input or a folder of videos: draw boxes in N worker processes "
+                   "(default 0: a thread), for GPU runs where drawing would hold the model up")  # fmt: skip
     p.add_argument(
         "--serve",
         metavar="[HOST:]PORT",

@@ -77,6 +77,8 @@ class FolderOptions:
     progress: bool = True
     watch: bool = False
     """A live view or window was asked for: refused (these runs write files only)."""
+    render_procs: int = 0
+    """Draw each output in that many worker processes (``run(render_procs=...)``); not on Ray."""
 
 
 @dataclass(frozen=True)
@@ -256,7 +258,7 @@ def _run_videos(detector: Detector, plan: FolderPlan, options: FolderOptions, gr
             log.info("%s -> %s", video, media)
             result = run(detector, source, plan=outputs, max_frames=options.max_frames, progress=progress,
                          hud=options.hud, batch_size=options.batch_size, detect_threads=options.detect_threads,
-                         codec=options.codec)  # fmt: skip
+                         codec=options.codec, render_procs=options.render_procs)  # fmt: skip
             outcome.add(result, keep_stats=options.keep_stats)
             outcome.videos += 1
     except Exception as exc:
@@ -280,8 +282,8 @@ def _run_images(
                 prepare_output(part)
             source = ImageShare(paths, plan.origin, plan.base, group.rank, group.size)
             result = run(detector, source, plan=OutputPlan(plan.outputs.out, part), progress=progress,
-                         hud=options.hud, batch_size=options.batch_size,
-                         detect_threads=options.detect_threads)  # fmt: skip
+                         hud=options.hud, batch_size=options.batch_size, detect_threads=options.detect_threads,
+                         render_procs=options.render_procs)  # fmt: skip
             outcome.add(result, keep_stats=options.keep_stats)
     except Exception as exc:
         outcome.error = describe_error(exc)

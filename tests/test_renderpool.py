@@ -123,6 +123,19 @@ def test_run_with_render_procs_writes_the_same_files(tmp_path: Path, capsys: pyt
     assert not list(tmp_path.glob("*.partial-*"))
 
 
+def test_a_folder_of_videos_with_render_procs_writes_the_same_files(tmp_path: Path) -> None:
+    from .test_run_distributed import make_clips
+
+    make_clips(tmp_path / "clips", ("a.mp4", "b.avi"), frames=5)
+    for n in (0, 1):
+        args = ["-q", "run", str(tmp_path / "clips"), "--out", str(tmp_path / f"o{n}"), "--render-procs", str(n)]
+        assert main([*args, *MODEL]) == 0
+    for stem in ("a", "b"):
+        assert (tmp_path / "o0" / f"{stem}.jsonl").read_bytes() == (tmp_path / "o1" / f"{stem}.jsonl").read_bytes()
+        a, b = read_video(tmp_path / "o0" / f"{stem}.mp4"), read_video(tmp_path / "o1" / f"{stem}.mp4")
+        assert len(a) == len(b) == 5 and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
 def test_render_procs_mistakes_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     def error(*args: str) -> str:
         assert main(["-q", "run", str(need(VIDEO)), "--out", str(tmp_path / "o.mp4"), *args, *MODEL]) == 2
