@@ -117,6 +117,11 @@ def test_calibration_key_changes_with_the_frames(tmp_path: Path, calibration: Ca
     key = images.key
     cv2.imwrite(str(folder / "02.png"), np.zeros((8, 8, 3), np.uint8))
     assert read_calibration(folder, 3).key != key
+    other = tmp_path / "other-kinds"  # every kind `detector run` reads from a folder
+    other.mkdir()
+    for suffix in (".ppm", ".pgm", ".tif"):  # .pgm is grey: read as BGR like the others
+        assert cv2.imwrite(str(other / f"a{suffix}"), np.full((8, 8, 3) if suffix != ".pgm" else (8, 8), 128, np.uint8))
+    assert len(read_calibration(other, 3).frames) == 3
 
 
 def test_calibration_bad_sources_are_one_line_errors(tmp_path: Path) -> None:

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import EngineError, SourceError
+from ..io.sources import IMAGE_EXTS
 from .base import LOW_PRECISION_MODULES, first_line, graph_scopes, require
 from .sidecar import sha256_file
 
@@ -88,7 +89,8 @@ def ignored_pattern(scopes: tuple[str, ...]) -> str:
     return "^(?!" + "|".join(re.escape(s) for s in scopes) + ").*"
 
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+IMAGE_SUFFIXES = IMAGE_EXTS
+"""A calibration folder's images: those ``detector run`` reads from a folder."""
 """Image files a calibration folder may hold (the engines layer does not import ``io``)."""
 
 DEFAULT_FRAMES = 30
