@@ -130,8 +130,8 @@ def open_sinks(
         stack.enter_context(jsonl)
         files.append(jsonl)
     if files and render_procs and plan.out is not None:
-        sized = info.kind in ("video", "camera", "stream") and info.width and info.height
-        frame_bytes = info.width * info.height * 3 if sized and info.width and info.height else None
+        one_size = info.kind in ("video", "camera", "stream")  # a folder's images vary
+        frame_bytes = info.width * info.height * 3 if one_size and info.width and info.height else None
         pool = RenderPool(*files, procs=render_procs, hud=hud, frame_bytes=frame_bytes)
         stack.push(pool.__exit__)
         sinks.append(pool)
