@@ -22,6 +22,12 @@ cost differ somewhat; the output says which.
         --precisions fp16 --compile both --frames 400
     .venv/bin/python benchmarks/gpu.py --device cpu --min-size 128 --frames 6 --batches 1 2 \\
         --models retinanet_resnet50_fpn --rounds 1 --detect-threads 1  # a smoke run (figures mean nothing)
+    .venv/bin/python benchmarks/gpu.py --decoders --models   # the decoding stage only: OpenCV vs NVDEC
+
+``--decoders`` times the decoding stage alone (frames/s and the host's CPU ms per frame, to BGR
+arrays as the pipeline gets them) on an H.264 copy of the video -- what cameras record; NVDEC has
+no decoder for the shared clip's MS-MPEG4 -- with OpenCV, PyAV on the CPU and NVDEC (``--decode``);
+``--decode`` picks the decoder of the end-to-end rows (``auto``: NVDEC on CUDA when it can).
 """
 
 from __future__ import annotations
@@ -74,16 +80,66 @@ def model_only(detector: Detector, frames: list, batch: int, rounds: int) -> tup
 
 
 def end_to_end(detector: Detector, video: Path, frames: int, batch: int, threads: int, rounds: int, tmp: Path,
-               render_procs: int = 0) -> tuple[float, float, str]:  # fmt: skip
+               render_procs: int = 0, decode: str = "auto") -> tuple[float, float, str]:  # fmt: skip
     run(detector, video, out=tmp / "w.mp4", json=tmp / "w.jsonl", max_frames=2 * batch * threads, batch_size=batch,
-        detect_threads=threads, progress=False, render_procs=render_procs)  # warm-up  # fmt: skip
+        detect_threads=threads, progress=False, render_procs=render_procs, decode=decode)  # warm-up  # fmt: skip
     results, table, boxes = [], "", 0.0
     for i in range(rounds):
         r = run(detector, video, out=tmp / f"e{i}.mp4", json=tmp / f"e{i}.jsonl", max_frames=frames,
-                batch_size=batch, detect_threads=threads, progress=False, render_procs=render_procs)  # fmt: skip
+                batch_size=batch, detect_threads=threads, progress=False, render_procs=render_procs,
+                decode=decode)  # fmt: skip
         results.append(r.frames / r.seconds)
         table, boxes = r.stats.table(), r.detections / r.frames
     return median(results), boxes, table
+
+
+def h264_copy(video: Path, frames: int, out: Path) -> Path:
+    """The first ``frames`` frames of ``video`` as an H.264 mp4 (libx264, B-frames), at its size and rate."""
+    import av
+    import cv2
+
+    cap = cv2.VideoCapture(str(video))
+    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+    with av.open(str(out), "w") as container:
+        stream = container.add_stream("libx264", rate=round(fps), options={"preset": "veryfast"})
+        stream.pix_fmt = "yuv420p"
+        for _ in range(frames):
+            ok, image = cap.read()
+            if not ok:
+                break
+            if not stream.codec_context.is_open:
+                stream.width, stream.height = image.shape[1], image.shape[0]
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    cap.release()
+    return out
+
+
+def decode_stage(video: Path, decoder: str, gpu: int | None) -> str:
+    """One table row: ``decoder`` (opencv, pyav-cpu, nvdec) decoding all of ``video`` to BGR arrays,
+    frames/s and the process's CPU ms per frame (all threads), median of 3 passes after one warm-up."""
+    from detector.io.nvdec import NvdecUnavailable, PyAVVideoSource
+    from detector.io.sources import VideoFileSource
+
+    def source():  # noqa: ANN202
+        if decoder == "opencv":
+            return VideoFileSource(video)
+        return PyAVVideoSource(video, gpu=gpu if decoder == "nvdec" else None)
+
+    try:
+        rates, cpus = [], []
+        for i in range(4):
+            wall, cpu = time.perf_counter(), time.process_time()
+            with source() as frames:
+                n = sum(1 for _ in frames)
+            if i:
+                rates.append(n / (time.perf_counter() - wall))
+                cpus.append((time.process_time() - cpu) * 1e3 / n)
+    except NvdecUnavailable as exc:
+        return f"| {decoder} | unavailable: {exc} | |"
+    return f"| {decoder} | {median(rates):.0f} | {median(cpus):.2f} |"
 
 
 PATHS = {"torchvision": "off", "batched": "on"}
@@ -187,6 +243,12 @@ def main() -> None:
         default=0,
         help="end to end: draw in N worker processes (run's render_procs; default 0, a thread)",
     )
+    ap.add_argument("--decode", choices=("auto", "cpu", "nvdec"), default="auto",
+                    help="end to end: where the video is decoded (run's decode; default auto: NVDEC on CUDA "
+                    "when it can decode the video)")  # fmt: skip
+    ap.add_argument("--decoders", action="store_true",
+                    help="first time the decoding stage alone (OpenCV, PyAV on the CPU, NVDEC) on an H.264 copy "
+                    "of --frames frames of the video")  # fmt: skip
     ap.add_argument("--paths", choices=("both", *PATHS), default="both",
                     help="the torch engine's path(s) to time: torchvision's own forward, the batched sync-free one "
                          "(the CUDA default), or both in the same run (default) for the ratio")  # fmt: skip
@@ -203,7 +265,17 @@ def main() -> None:
           f"{args.frames} frames (mp4 + JSONL), median of {args.rounds} rounds, max detections "
           f"{args.max_detections}, cuDNN benchmark {'on' if args.cudnn_benchmark else 'off'}, channels-last "
           f"{'on' if args.channels_last else 'off'}, drawing in "
-          f"{f'{args.render_procs} worker process(es)' if args.render_procs else 'the writer thread'}\n")  # fmt: skip
+          f"{f'{args.render_procs} worker process(es)' if args.render_procs else 'the writer thread'}, "
+          f"decode {args.decode}\n")  # fmt: skip
+    if args.decoders:
+        with tempfile.TemporaryDirectory() as tmp:
+            copy = h264_copy(args.video, args.frames, Path(tmp) / "h264.mp4")
+            gpu = (device.index or 0) if device.type == "cuda" else 0
+            print(f"decoding stage alone: {args.frames} frames of {args.video.name} as H.264 ({w}x{h}) to BGR arrays")
+            print("| decoder | frames/s | host CPU ms/frame |\n|---|---:|---:|")
+            for decoder in ("opencv", "pyav-cpu", "nvdec"):
+                print(decode_stage(copy, decoder, gpu), flush=True)
+            print()
     paths = list(PATHS) if args.paths == "both" else [args.paths]
     print("| model | weights | precision | compile | path | syncs/batch | batch | model only, frames/s "
           "| detect threads | end to end, frames/s | boxes/frame | first batch, s |")  # fmt: skip
@@ -231,7 +303,7 @@ def main() -> None:
                     mo, warm = model_only(detector, frames, batch, args.rounds)
                     for threads in args.detect_threads:
                         e2e, boxes, table = end_to_end(detector, args.video, args.frames, batch, threads, args.rounds,
-                                                       Path(tmp), args.render_procs)  # fmt: skip
+                                                       Path(tmp), args.render_procs, args.decode)  # fmt: skip
                         print(f"| {name} | {kind} | {precision} | {'on' if compiled else 'off'} | {path} | {syncs} "
                               f"| {batch} | {mo:.1f} | {threads} | {e2e:.1f} | {boxes:.1f} | {warm:.1f} |",
                               flush=True)  # fmt: skip

@@ -130,6 +130,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.render_procs and (args.ray is not None or args.sources is not None or len(args.source) > 1):
         raise DetectorError("--render-procs is for one input or a folder of videos; drop it for --ray, --sources "
                             "and several inputs")  # fmt: skip
+    if args.decode == "nvdec" and (args.ray is not None or args.sources is not None or len(args.source) > 1):
+        raise DetectorError("--decode nvdec is for one video or a folder of videos; drop it for --ray, --sources "
+                            "and several inputs (they decode on the CPU)")  # fmt: skip
     if args.ray is not None or args.workers is not None:
         return _run_ray(args, cfg, stats_path)  # its driver loads no torch: the workers do
     from .predictor import Detector
@@ -143,7 +146,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if many_inputs(args.source):  # a folder of videos, or any run under torchrun
         return _run_folder(args, cfg, stats_path)
     source = open_source(args.source if args.source is not None else DEFAULT_SOURCE,
-                         stride=args.stride or 1, start=args.start or 0, end=args.end)  # fmt: skip
+                         stride=args.stride or 1, start=args.start or 0, end=args.end,
+                         decode=args.decode, gpu=_run_gpu(cfg, args.decode))  # fmt: skip
     try:
         plan = plan_outputs(source, args.out, args.json, live_view=bool(args.serve or args.show), stats=stats_path,
                             codec=args.codec)  # fmt: skip
@@ -177,6 +181,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             write_text_atomic(stats_path, json.dumps(result.stats.summary(), indent=2) + "\n")
             print(f"stats: {stats_path}")
     return 0
+
+
+def _run_gpu(cfg: DetectorConfig, decode: str) -> int | None:
+    """The CUDA device index this run's model will use (for NVDEC decoding), None when not on CUDA."""
+    if decode == "cpu" or cfg.engine != "torch":
+        return None
+    from .predictor import cuda_index
+
+    return cuda_index(cfg.device)
 
 
 def _run_many(args: argparse.Namespace, cfg: DetectorConfig, stats_path: Path | None, serve_token: str | None) -> int:
@@ -293,7 +306,7 @@ def _run_folder(
                             max_frames=args.max_frames, hud=args.hud, batch_size=args.batch_size,
                             detect_threads=args.detect_threads, codec=args.codec, progress=not args.quiet,
                             watch=bool(args.serve is not None or args.show),
-                            render_procs=args.render_procs)  # fmt: skip
+                            render_procs=args.render_procs, decode=args.decode)  # fmt: skip
     try:
         spec = args.source if args.source is not None else DEFAULT_SOURCE
         result = run_ray(cfg, spec, options, ray) if ray is not None else run_folder(cfg, spec, options)
@@ -524,6 +537,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--render-procs", type=int, metavar="N", default=0,
                    help="annotated output of one input or a folder of videos: draw boxes in N worker processes "
                    "(default 0: a thread), for GPU runs where drawing would hold the model up")  # fmt: skip
+    p.add_argument("--decode", choices=("auto", "cpu", "nvdec"), default="auto",
+                   help="video files: auto (default: on the GPU's NVDEC in a CUDA run when it can decode the file, "
+                   "else the CPU), cpu (OpenCV), nvdec (or an error); the frames are the same")  # fmt: skip
     p.add_argument(
         "--serve",
         metavar="[HOST:]PORT",

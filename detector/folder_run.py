@@ -79,6 +79,8 @@ class FolderOptions:
     """A live view or window was asked for: refused (these runs write files only)."""
     render_procs: int = 0
     """Draw each output in that many worker processes (``run(render_procs=...)``); not on Ray."""
+    decode: str = "auto"
+    """Where videos are decoded (``run(decode=...)``: NVDEC on a CUDA run when it can); Ray decodes on the CPU."""
 
 
 @dataclass(frozen=True)
@@ -239,13 +241,18 @@ def _run(cfg: DetectorConfig, group: Group, spec: str | Path, options: FolderOpt
 def _run_videos(detector: Detector, plan: FolderPlan, options: FolderOptions, group: Group, progress: bool) -> Outcome:
     """This process's videos, one after the other; stops at the first error (an undecodable video
     is skipped with a warning)."""
+    from .io.nvdec import NvdecUnavailable
+    from .predictor import cuda_index
     from .runner import run
 
     outcome = Outcome()
     try:
         for video, media, jsonl in plan.items[group.rank :: group.size]:
             try:
-                source = open_source(video, stride=options.stride, start=options.start, end=options.end)
+                source = open_source(video, stride=options.stride, start=options.start, end=options.end,
+                                     decode=options.decode, gpu=cuda_index(detector.device))  # fmt: skip
+            except NvdecUnavailable:  # --decode nvdec that cannot be: every video would be skipped
+                raise
             except SourceError as exc:
                 log.warning("skipping %s: %s", video, exc)
                 outcome.skipped.append(str(video))

@@ -65,6 +65,14 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def cuda_index(device: torch.device | str) -> int | None:
+    """The CUDA device index a run on ``device`` uses (``auto`` resolved), None when not on CUDA."""
+    device = resolve_device(device) if isinstance(device, str) else device
+    if device.type != "cuda":
+        return None
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
 def _auto_precision(cfg: DetectorConfig) -> str:
     """``precision: auto``: on OpenVINO the fastest this CPU runs well (said in one log line), else fp32."""
     if cfg.engine != "openvino":

@@ -22,7 +22,7 @@ from .io.sources import ImageSource, VideoFileSource, open_source
 from .io.types import Frame
 from .pipeline import Stats, check_arguments, check_batch_memory, check_counts, run_pipeline, several_sources
 from .planning import DEFAULT_SOURCE, AnySource, OutputPlan, plan_outputs
-from .predictor import Detector
+from .predictor import Detector, cuda_index
 from .render import annotate
 from .render.hud import Hud
 from .structures import Detections
@@ -173,6 +173,7 @@ def run(  # type: ignore[overload-overlap]  # a str is a Sequence too: this one 
     codec: str = "auto",
     announce: Callable[[str], object] | None = None,
     render_procs: int = 0,
+    decode: str = "auto",
 ) -> RunResult: ...
 
 
@@ -197,6 +198,7 @@ def run(
     codec: str = "auto",
     announce: Callable[[str], object] | None = None,
     render_procs: int = 0,
+    decode: str = "auto",
 ) -> MultiRunResult: ...
 
 
@@ -220,6 +222,7 @@ def run(
     codec: str = "auto",
     announce: Callable[[str], object] | None = None,
     render_procs: int = 0,
+    decode: str = "auto",
 ) -> RunResult | MultiRunResult:
     """Run ``detector`` over a source (a spec, or an opened source, which this closes) and hand
     every annotated frame and its detections to each sink, in order.
@@ -250,6 +253,9 @@ def run(
     frames in that many worker processes instead of the writer thread
     (:class:`~detector.io.renderpool.RenderPool`), for runs fast enough that drawing holds the GIL
     the model's thread needs; the files are those of a run without it.
+    ``decode`` (``auto``, ``cpu``, ``nvdec``) says where a video file given as a path is decoded:
+    ``auto`` on the GPU's NVDEC when ``detector`` runs on CUDA and NVDEC can decode the file, else on
+    the CPU (see :mod:`detector.io.nvdec`; the frames are the same either way).
     Decoding, detection and rendering+writing
     overlap (:func:`detector.pipeline.run_pipeline`); files are renamed into place when
     finalised (see :mod:`detector.io.sinks`).
@@ -278,7 +284,7 @@ def run(
     defaults = sinks is None  # no sinks asked for: outputs in ./runs/, as the CLI writes them
     sinks = list(sinks or ())
     if not isinstance(source, (ImageSource, VideoFileSource, LiveSource)):
-        source = open_source(source)  # type: ignore[arg-type]  # several_sources() took lists and dicts
+        source = open_source(source, decode=decode, gpu=cuda_index(detector.device))  # type: ignore[arg-type]
     with contextlib.ExitStack() as stack:
         stack.enter_context(source)
         info = source.info

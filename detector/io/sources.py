@@ -257,14 +257,33 @@ def image_names(paths: list[Path], base: Path | None) -> list[str]:
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
 
 
+DECODERS = ("auto", "cpu", "nvdec")
+"""Where video files are decoded (``--decode``): ``auto`` is NVDEC on a CUDA run when it can decode
+the file (else the CPU), ``cpu`` is OpenCV, ``nvdec`` is NVDEC or an error."""
+
+
 def open_source(
-    spec: str | Path | int, *, stride: int = 1, start: int = 0, end: int | None = None
+    spec: str | Path | int,
+    *,
+    stride: int = 1,
+    start: int = 0,
+    end: int | None = None,
+    decode: str = "cpu",
+    gpu: int | None = None,
 ) -> ImageSource | VideoFileSource | LiveSource:
     """Open a webcam index (``0``), an RTSP/HTTP(S) stream URL, an image, a folder
-    or glob of images, or a video file. ``stride``/``start``/``end`` apply to video files."""
+    or glob of images, or a video file. ``stride``/``start``/``end`` apply to video files.
+
+    ``decode`` (one of :data:`DECODERS`) and ``gpu`` (the CUDA device index of the run, None when it
+    is not on CUDA) choose where a video file is decoded: see :mod:`detector.io.nvdec`. Other
+    inputs are decoded on the CPU whatever ``decode`` says (``nvdec`` is then an error)."""
     from .live import open_camera, open_stream
 
+    if decode not in DECODERS:
+        raise SourceError(f"decode must be one of {', '.join(DECODERS)}, got {decode!r}")
     text = str(spec)
+    if decode == "nvdec" and _not_a_video(text):
+        raise SourceError(f"--decode nvdec is for video files and {text} is not one; use --decode auto or cpu")
     if isinstance(spec, int) or text.isdigit():
         return open_camera(int(text))
     if text.lower().startswith(STREAM_SCHEMES):
@@ -289,4 +308,25 @@ def open_source(
         return ImageSource(images, path, "images")
     if path.suffix.lower() in IMAGE_EXTS:
         return ImageSource([path], path, "image")
+    if decode == "nvdec" or (decode == "auto" and gpu is not None):
+        from .nvdec import NvdecUnavailable, PyAVVideoSource
+
+        try:
+            if gpu is None:
+                raise NvdecUnavailable("this run is not on a CUDA device (--device cuda)")
+            return PyAVVideoSource(path, gpu=gpu, stride=stride, start=start, end=end)
+        except NvdecUnavailable as exc:
+            if decode == "nvdec":
+                raise NvdecUnavailable(f"cannot decode {path} with NVDEC: {exc}; use --decode cpu (or auto)") from None
+            log.info("%s: decoded on the CPU, not NVDEC: %s", path, exc)
     return VideoFileSource(path, stride=stride, start=start, end=end)
+
+
+def _not_a_video(text: str) -> bool:
+    """Whether ``text`` names an input other than a video file: a camera, a stream, a folder, a glob,
+    an image (a missing file is left to the "not found" error)."""
+    if text.isdigit() or text.lower().startswith(STREAM_SCHEMES):
+        return True
+    path = Path(text).expanduser()
+    globbed = any(c in text for c in GLOB_CHARS) and not path.exists()
+    return globbed or path.is_dir() or path.suffix.lower() in IMAGE_EXTS
