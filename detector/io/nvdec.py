@@ -21,7 +21,7 @@ import logging
 import math
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -51,34 +51,39 @@ def nvdec_unavailable() -> str | None:
     return None
 
 
+PLANAR = {"nv12": "yuv420p", "nv21": "yuv420p", "nv16": "yuv422p", "nv24": "yuv444p",
+          "p010le": "yuv420p10le", "p016le": "yuv420p16le"}  # fmt: skip
+"""Semi-planar pictures (what NVDEC gives: NV12, P010/P016 for 10/16 bits) by the planar format of the
+same samples, which the CPU decoders give and OpenCV converts."""
+
+
 def to_bgr(frame: av.VideoFrame) -> np.ndarray:
     """``frame`` as a BGR uint8 array, converted as OpenCV's FFmpeg backend converts it.
 
-    An NV12 picture (what NVDEC gives) is repacked to planar 4:2:0 first: FFmpeg converts planar
-    4:2:0 to BGR with its unscaled converter, which OpenCV's capture uses, and NV12 with its
-    generic scaler, which interpolates chroma differently (up to 63 levels apart at colour edges
-    on the shared clip). The colour space and range tags travel with the picture."""
-    if frame.format.name == "nv12":
-        import av
-
-        w, h = frame.width, frame.height
-        cw, ch = (w + 1) // 2, (h + 1) // 2
-        planar = av.VideoFrame(w, h, "yuv420p")
-        y_in, uv_in = frame.planes
-        luma = _rows(y_in)[:h, :w]
-        chroma = _rows(uv_in)[:ch, : 2 * cw].reshape(ch, cw, 2)
-        for plane, values in zip(planar.planes, (luma, chroma[..., 0], chroma[..., 1]), strict=True):
-            rows, cols = values.shape
-            _rows(plane)[:rows, :cols] = values
-        planar.colorspace = frame.colorspace
-        planar.color_range = frame.color_range
-        frame = planar
-    return frame.to_ndarray(format="bgr24")
+    OpenCV converts with FFmpeg's swscale and ``SWS_BICUBIC`` (PyAV's default is bilinear, which
+    gives other pixels for odd sizes and for 10-bit video). A semi-planar picture is first repacked,
+    losslessly, to the planar one of the same samples: swscale converts planar 4:2:0 to BGR with
+    another code path than NV12 (up to 63 levels apart at colour edges on the shared clip). The
+    colour space, range and the other frame properties travel with the picture."""
+    planar = PLANAR.get(frame.format.name)
+    if planar is not None:
+        frame = frame.reformat(format=planar)
+    return frame.to_ndarray(format="bgr24", interpolation="BICUBIC")
 
 
-def _rows(plane: av.video.plane.VideoPlane) -> np.ndarray:
-    """A plane's bytes as rows of its line size (padding included), without a copy."""
-    return np.frombuffer(cast("memoryview", plane), np.uint8).reshape(-1, plane.line_size)
+def _opencv_header(path: Path) -> tuple[float, int]:
+    """OpenCV's ``CAP_PROP_FPS`` and ``CAP_PROP_FRAME_COUNT`` of ``path`` (0 for what it cannot tell), so
+    that ``info`` is :class:`VideoFileSource`'s to the digit (OpenCV mixes the header's rate, the
+    container's and the stream's durations in its own order)."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    try:
+        if not cap.isOpened():
+            return 0.0, 0
+        return float(cap.get(cv2.CAP_PROP_FPS) or 0.0), int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+    finally:
+        cap.release()
 
 
 class PyAVVideoSource(VideoFileSource):
@@ -87,7 +92,9 @@ class PyAVVideoSource(VideoFileSource):
     as :class:`VideoFileSource` gives them (it is one, to the rest of the pipeline).
 
     Opening it decodes up to the first frame wanted, so a file NVDEC cannot decode raises
-    :class:`NvdecUnavailable` here (before any output exists), never midway."""
+    :class:`NvdecUnavailable` here, before any output exists. Should NVDEC fail later (a resolution
+    change it cannot follow, a device error), the rest of the file is decoded by OpenCV from the next
+    frame on, with a warning: the run goes on, as it would have on the CPU."""
 
     def __init__(self, path: Path, *, gpu: int | None, stride: int = 1, start: int = 0, end: int | None = None) -> None:
         if stride < 1 or start < 0 or (end is not None and end <= start):
@@ -100,15 +107,28 @@ class PyAVVideoSource(VideoFileSource):
 
         self.stride, self.start, self.end = stride, start, end
         self.gpu = gpu
+        self._path = path
         self._lock = threading.Lock()
         self._closed = False
-        hw = HWAccel("cuda", device=str(gpu), allow_software_fallback=False) if gpu is not None else None
+        self._cpu: Any = None  # OpenCV's capture, after NVDEC failed midway
+        self._taken = 0  # frames taken from the decoder so far
+        hw = (
+            # the primary context is the one torch uses: no second CUDA context per video
+            HWAccel("cuda", device=str(gpu), allow_software_fallback=False, options={"primary_ctx": "1"})
+            if gpu is not None
+            else None
+        )
         try:
             self._container = av.open(str(path), hwaccel=hw)
-        except (av.FFmpegError, RuntimeError, NotImplementedError) as exc:
-            # PyAV says "no usable device" with any of these (EPERM without a driver, RuntimeError
-            # when no stream could take the device): the file without hwaccel tells which it was.
-            if hw is not None and _opens(path):
+        except RuntimeError as exc:  # PyAV: no stream's codec has a CUDA configuration
+            codec = _codec(path)
+            if hw is not None and codec is not None:
+                raise NvdecUnavailable(f"NVDEC has no decoder for {codec}") from None
+            raise SourceError(f"cannot decode {path} as a video ({exc}); is it a media file FFmpeg can read?") from None
+        except (av.FFmpegError, NotImplementedError) as exc:
+            # the device could not be created (EPERM without a driver), or the file cannot be read:
+            # the file without hwaccel tells which
+            if hw is not None and _codec(path) is not None:
                 raise NvdecUnavailable(f"NVDEC could not be opened on cuda:{gpu} ({exc})") from None
             raise SourceError(f"cannot decode {path} as a video ({exc}); is it a media file FFmpeg can read?") from None
         try:
@@ -122,35 +142,35 @@ class PyAVVideoSource(VideoFileSource):
             self._stream = stream
             self._frames = self._container.decode(stream)
             self._origin = stream.start_time or 0
-            first, skipped = None, 0
+            first = None
             try:
-                while skipped < start:
+                while self._taken < start:
                     next(self._frames)  # decoded, not converted
-                    skipped += 1
+                    self._taken += 1
                 first = next(self._frames)
+                self._taken += 1
             except StopIteration:
                 if start:
-                    raise SourceError(f"--start {start} is past the end of {path}: it has {skipped} frames; "
-                                      f"use a --start below {skipped}") from None  # fmt: skip
+                    raise SourceError(f"--start {start} is past the end of {path}: it has {self._taken} frames; "
+                                      f"use a --start below {self._taken}") from None  # fmt: skip
                 raise SourceError(f"{path} has no frames to decode; is the file complete?") from None
             except av.FFmpegError as exc:
                 if gpu is not None:
-                    raise NvdecUnavailable(f"NVDEC failed on its first frame ({exc})") from None
+                    raise NvdecUnavailable(f"NVDEC failed on frame {self._taken} ({exc})") from None
                 raise SourceError(f"cannot decode {path} ({exc}); is the file complete?") from None
             image = to_bgr(first)
         except BaseException:
             self._container.close()
             raise
-        fps = _header_fps(stream)
+        fps, count = _opencv_header(path)
         if fps > 0:
             measured = measured_fps(path, fps)
             if measured is not None and abs(measured - fps) > 1e-3 * fps:
                 log.info("%s: its header says %.4f frames/s, its frames are %.4f frames/s apart on average; "
                          "using %.4f", path, fps, measured, measured)  # fmt: skip
                 fps = measured
-        count = _frame_count(self._container, stream, fps)
         h, w = image.shape[:2]
-        self.info = SourceInfo("video", path, w, h, fps if fps > 0 else None, count)
+        self.info = SourceInfo("video", path, w, h, fps if fps > 0 else None, count if count > 0 else None)
         self._first = image
         seconds = self._seconds(first)
         self._first_time = (
@@ -160,12 +180,13 @@ class PyAVVideoSource(VideoFileSource):
         )
 
     def _seconds(self, frame: av.VideoFrame) -> float:
-        """The frame's presentation time from the stream's start, as OpenCV's ``CAP_PROP_POS_MSEC``."""
-        pts = frame.pts
+        """The frame's time from the stream's start as OpenCV's ``CAP_PROP_POS_MSEC`` tells it: its
+        pts, or its packet's dts where the pts is missing or 0 (AVI with B-frames, say)."""
+        ticks = frame.pts if frame.pts else frame.dts
         base = frame.time_base or self._stream.time_base
-        if pts is None or base is None:
+        if ticks is None or base is None:
             return math.nan
-        return float((pts - self._origin) * base)
+        return float((ticks - self._origin) * base)
 
     def _read(self) -> tuple[bool, np.ndarray | None, float]:
         import av
@@ -173,45 +194,60 @@ class PyAVVideoSource(VideoFileSource):
         with self._lock:
             if self._closed:
                 return False, None, math.nan
+            if self._cpu is not None:
+                return self._read_cpu()
             try:
                 frame = next(self._frames)
             except StopIteration:
                 return False, None, math.nan
-            except av.FFmpegError as exc:  # a damaged packet ends the file, as OpenCV's read() does
-                log.warning("%s: decoding stopped (%s)", self.info.path, exc)
-                return False, None, math.nan
+            except av.FFmpegError as exc:
+                if self.gpu is None:  # a damaged packet ends the file, as OpenCV's read() does
+                    log.warning("%s: decoding stopped (%s)", self.info.path, exc)
+                    return False, None, math.nan
+                return self._to_cpu(exc)
+            self._taken += 1
             return True, to_bgr(frame), self._seconds(frame)
+
+    def _to_cpu(self, exc: Exception) -> tuple[bool, np.ndarray | None, float]:
+        """NVDEC failed midway: OpenCV takes over from the next frame (decoded up to it, unconverted)."""
+        import cv2
+
+        log.warning("%s: NVDEC failed after %d frames (%s); decoding the rest on the CPU", self._path, self._taken, exc)
+        self._container.close()
+        self._cpu = cv2.VideoCapture(str(self._path))
+        skipped = 0
+        while skipped < self._taken and self._cpu.grab():
+            skipped += 1
+        return self._read_cpu()
+
+    def _read_cpu(self) -> tuple[bool, np.ndarray | None, float]:
+        import cv2
+
+        ok, image = self._cpu.read()
+        self._taken += int(ok)
+        return ok, image, self._cpu.get(cv2.CAP_PROP_POS_MSEC) / 1000 if ok else math.nan
 
     def close(self) -> None:
         with self._lock:
-            if not self._closed:
-                self._closed = True
-                self._container.close()
+            if self._closed:
+                return
+            self._closed = True
+            frames = getattr(self, "_frames", None)
+            if frames is not None:
+                frames.close()
+            self._frames = self._stream = None  # type: ignore[assignment]  # the decoder goes with them
+            self._container.close()
+            if self._cpu is not None:
+                self._cpu.release()
 
 
-def _opens(path: Path) -> bool:
-    """Whether FFmpeg opens ``path`` as a file with a video stream (on the CPU)."""
+def _codec(path: Path) -> str | None:
+    """The codec of ``path``'s first video stream as FFmpeg names it, None when FFmpeg cannot open it."""
     import av
 
     try:
         with av.open(str(path)) as container:
-            return bool(container.streams.video)
+            streams = container.streams.video
+            return streams[0].codec_context.name if streams else None
     except (av.FFmpegError, OSError, ValueError):
-        return False
-
-
-def _header_fps(stream: av.video.stream.VideoStream) -> float:
-    """OpenCV's ``CAP_PROP_FPS``: the average frame rate, else the usual one."""
-    rate = stream.average_rate or stream.guessed_rate
-    return float(rate) if rate else 0.0
-
-
-def _frame_count(container: av.container.InputContainer, stream: av.video.stream.VideoStream, fps: float) -> int | None:
-    """OpenCV's ``CAP_PROP_FRAME_COUNT``: the header's count, else duration x frame rate (None if neither)."""
-    if stream.frames > 0:
-        return int(stream.frames)
-    if stream.duration is not None and stream.time_base is not None and fps > 0:
-        return int(math.floor(float(stream.duration * stream.time_base) * fps + 0.5)) or None
-    if container.duration and fps > 0:
-        return int(math.floor(container.duration / 1_000_000 * fps + 0.5)) or None
-    return None
+        return None
