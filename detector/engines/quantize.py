@@ -73,10 +73,19 @@ f32 matrix product (261 ms against 224 ms f32) and fc7's int8 GEMM is no faster 
 quantizer on the pooled features adds 30 ms. RetinaNet's final convolutions (``cls_logits``, ``bbox_reg``:
 256 to 819 and 36 channels, 3x3, on every level) join the towers: left f32 they were the largest f32 island
 (124 ms of 334), int8 they take 1.73x to 1.95x f32 for the whole model. Their outputs stay f32 (the
-accumulators are dequantized), so scores keep f32 resolution."""
+accumulators are dequantized), so scores keep f32 resolution. The box head is quantized after all, as
+convolutions (:func:`box_head_as_convolutions`, :data:`BOX_HEAD_SCOPE`)."""
+
+NO_VNNI_CACHE_TAG = "+no-vnni:2"
+"""Appended to an int8 export's calibration key when it is quantized for a CPU without VNNI/AMX; the number
+is that recipe's version (2: the box head as int8 convolutions), so exports of an older recipe are redone."""
 
 INT8_SCOPES_NO_VNNI = graph_scopes(NO_VNNI_MODULES)
 """Node-name prefixes NNCF may quantize for a CPU without VNNI/AMX (see :data:`NO_VNNI_MODULES`)."""
+
+BOX_HEAD_SCOPE = graph_scopes(("roi_heads.box_head",))
+"""Faster R-CNN's box head, int8 on a CPU without VNNI too once :func:`box_head_as_convolutions` has made
+its two matrix products convolutions (int8 convolutions pay there; int8 matrix products do not)."""
 
 
 def int8_scopes(no_vnni: bool) -> tuple[str, ...]:
@@ -209,6 +218,65 @@ def _read_unshared(ov: Any, model: Any) -> Any:
         return ov.Core().read_model(str(xml))  # weights are read into memory; the folder can go
 
 
+def box_head_as_convolutions(model: Any) -> bool:
+    """Rewrite Faster R-CNN's box head (``fc6``, ``fc7``: matrix products on the flattened 256x7x7 pooled
+    features of each proposal) as convolutions computing the same sums: ``fc6`` a 7x7 convolution over
+    the pooled features (the flatten order of torch is the weight's C, H, W order), ``fc7`` a 1x1 one, each
+    proposal a batch item; their outputs are flattened back, so the rest of the graph is unchanged. In
+    place; False (and nothing changed) when the graph does not have that shape.
+
+    Why: on a CPU without VNNI (AVX2 only) OpenVINO has int8 convolution kernels (``jit_avx2_I8``,
+    ``jit_avx2_1x1_I8``, about 2x f32) but no int8 matrix product that beats f32, so the box head -- at
+    320 px with 1,000 proposals about as many MACs as the backbone -- stayed f32 and capped int8 at 1.38x
+    f32 for Faster R-CNN v1. As convolutions it is quantized with the stacks. Measured under
+    ``ONEDNN_MAX_CPU_ISA=AVX2`` (which gave the same 1.38x as the real AVX2 CPU), 320 px: int8 1.40x ->
+    1.81x f32 at 1,000 proposals, 1.64x -> 1.87x at 300 (``benchmarks/int8.py``). In f32 the 7x7 form is
+    2.6x slower than the matrix product: only the int8 graph is rewritten."""
+    require("openvino")
+    import openvino.opset13 as ops
+
+    byname = {op.get_friendly_name(): op for op in model.get_ordered_ops()}
+    head = BOX_HEAD_SCOPE[0]
+    plan = []
+    for fc in ("fc6", "fc7"):
+        product = byname.get(f"{head}{fc}/Gemm/WithoutBiases")
+        if product is None or product.get_type_name() != "MatMul":
+            return False
+        attributes = product.get_attributes()
+        weight = product.input_value(1).get_node()
+        if attributes.get("transpose_a") or weight.get_type_name() != "Constant":
+            return False
+        w = weight.get_data()
+        w = w if attributes.get("transpose_b") else w.T
+        features = product.input_value(0)
+        if fc == "fc6":  # the flatten of the pooled (N, C, k, k) features
+            flatten = features.get_node()
+            if flatten.get_type_name() != "Reshape":
+                return False
+            features = flatten.input_value(0)
+            shape = features.get_partial_shape()
+            if shape.rank.is_dynamic or shape.rank.get_length() != 4 or not all(d.is_static for d in shape[1:]):
+                return False
+            c, kh, kw = (d.get_length() for d in shape[1:])
+            if c * kh * kw != w.shape[1]:
+                return False
+            kernel = w.reshape(w.shape[0], c, kh, kw)
+        else:
+            features = ops.reshape(features, ops.constant(np.array([-1, w.shape[1], 1, 1], np.int64)), False).output(0)
+            kernel = w.reshape(*w.shape, 1, 1)
+        plan.append((fc, product, features, kernel))
+    for fc, product, features, kernel in plan:
+        weights = ops.constant(np.ascontiguousarray(kernel, np.float32))
+        conv = ops.convolution(features, weights, [1, 1], [0, 0], [0, 0], [1, 1])
+        conv.set_friendly_name(f"{head}{fc}/Conv")
+        flat = ops.reshape(conv, ops.constant(np.array([-1, kernel.shape[0]], np.int64)), False)
+        flat.set_friendly_name(f"{head}{fc}/Flatten")
+        for target in list(product.output(0).get_target_inputs()):
+            target.replace_source_output(flat.output(0))
+    model.validate_nodes_and_infer_types()
+    return True
+
+
 def _frames_for(calibration: Iterable[np.ndarray]) -> list[np.ndarray]:
     frames = []
     for frame in calibration:
@@ -284,9 +352,11 @@ def quantize_openvino(
             raise EngineError(f"cannot read {model} ({first_line(exc)}); re-export it") from None
     if len(model.inputs) != 1 or len(model.outputs) != 3:
         raise EngineError("int8 quantizes graphs made by `detector export` (one image in, boxes/scores/labels out)")
-    model = _read_unshared(ov, model)
+    model = _read_unshared(ov, model)  # a copy: the caller's model is never changed
     fix = needs_overflow_fix() if no_vnni is None else no_vnni
     scopes = int8_scopes(fix)
+    if fix and box_head_as_convolutions(model):  # Faster R-CNN's box head: int8 as convolutions
+        scopes += BOX_HEAD_SCOPE
     quantized = nncf.quantize(
         model,
         nncf.Dataset(frames),
