@@ -274,6 +274,9 @@ def main() -> None:
             print(f"decoding stage alone: {args.frames} frames of {args.video.name} as H.264 ({w}x{h}) to BGR arrays")
             print("| decoder | frames/s | host CPU ms/frame |\n|---|---:|---:|")
             for decoder in ("opencv", "pyav-cpu", "nvdec"):
+                if decoder == "nvdec" and device.type != "cuda":
+                    print(f"| nvdec | not tried: --device {args.device} | |")
+                    continue
                 print(decode_stage(copy, decoder, gpu), flush=True)
             print()
     paths = list(PATHS) if args.paths == "both" else [args.paths]

@@ -133,6 +133,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.decode == "nvdec" and (args.ray is not None or args.sources is not None or len(args.source) > 1):
         raise DetectorError("--decode nvdec is for one video or a folder of videos; drop it for --ray, --sources "
                             "and several inputs (they decode on the CPU)")  # fmt: skip
+    if args.decode == "nvdec" and _run_gpu(cfg, "nvdec") is None:  # before the model loads or a folder is made
+        raise DetectorError("--decode nvdec decodes on the GPU of a CUDA run and this run is on the CPU; "
+                            "use --device cuda (and the torch engine) or --decode cpu")  # fmt: skip
     if args.ray is not None or args.workers is not None:
         return _run_ray(args, cfg, stats_path)  # its driver loads no torch: the workers do
     from .predictor import Detector
@@ -184,8 +187,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_gpu(cfg: DetectorConfig, decode: str) -> int | None:
-    """The CUDA device index this run's model will use (for NVDEC decoding), None when not on CUDA."""
-    if decode == "cpu" or cfg.engine != "torch":
+    """The CUDA device index this run's model will use (for NVDEC decoding), None when not on CUDA: the
+    torch engine (``auto`` is torch unless the model is an export or int8, OpenVINO's) on a CUDA device."""
+    exported = cfg.model.endswith((".onnx", ".xml")) or cfg.precision == "int8"
+    if decode == "cpu" or cfg.engine not in ("auto", "torch") or (cfg.engine == "auto" and exported):
         return None
     from .predictor import cuda_index
 

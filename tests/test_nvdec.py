@@ -258,8 +258,36 @@ def test_nvdec_unavailable_names_the_reason(monkeypatch: pytest.MonkeyPatch, vid
 def test_cli_decode_errors(videos: list[Path], tmp_path: Path) -> None:
     out = tmp_path / "o.mp4"
     one_line_error(run_cli("run", str(videos[1]), "--device", "cpu", "--decode", "nvdec", "--out", str(out)),
-                   "with NVDEC", "--decode cpu")  # fmt: skip
+                   "this run is on the CPU", "--device cuda", "--decode cpu")  # fmt: skip
     assert not out.exists()
+    folder = tmp_path / "videos"  # a folder of videos: refused before its output folder is made
+    folder.mkdir()
+    for video in videos[1:3]:
+        (folder / video.name).write_bytes(video.read_bytes())
+    one_line_error(run_cli("run", str(folder), "--decode", "nvdec", "--device", "cpu", "--out", str(tmp_path / "outs")),
+                   "this run is on the CPU")  # fmt: skip
+    assert not (tmp_path / "outs").exists()
     several = run_cli("run", str(videos[1]), str(videos[2]), "--decode", "nvdec")
     one_line_error(several, "--decode nvdec is for one video")
     one_line_error(run_cli("run", str(videos[1]), "--decode", "gpu"), "--decode", "nvdec")
+
+
+def test_the_cli_decodes_on_the_gpu_of_torch_runs_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Which runs NVDEC is for: the torch engine (``auto`` included: it is torch unless the model is an
+    export or int8) on a CUDA device; what ``cuda_index`` says is faked (no CUDA here)."""
+    import detector.predictor
+    from detector import load_config
+    from detector.cli import _run_gpu
+
+    monkeypatch.setattr(detector.predictor, "cuda_index", lambda device: 0 if device != "cpu" else None)
+    for overrides, want in [
+        ({}, 0),  # engine auto, device auto: torch on the GPU
+        ({"engine": "torch", "device": "cuda:0"}, 0),
+        ({"device": "cpu"}, None),
+        ({"engine": "openvino", "device": "cpu"}, None),
+        ({"engine": "onnxruntime", "device": "cpu"}, None),
+        ({"precision": "int8"}, None),  # OpenVINO's
+    ]:
+        cfg = load_config(None, {"model": "retinanet_resnet50_fpn", **overrides})
+        assert _run_gpu(cfg, "auto") == want, overrides
+        assert _run_gpu(cfg, "cpu") is None
