@@ -119,3 +119,13 @@ def test_outputs_never_overwrite_the_input(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(SinkError, match="cannot create output folder"):
         prepare_output(blocker / "sub" / "out.mp4")
+
+
+def test_a_folder_or_glob_of_videos_is_not_one_source(tmp_path: Path) -> None:
+    """``open_source`` (and so ``run(detector, FOLDER)``) on a folder of videos says what it holds and how
+    to run it (``detector run FOLDER`` runs it a video at a time), not that it holds no videos."""
+    for name in ("a.mp4", "b.avi"):
+        (tmp_path / name).write_bytes(DEMO.read_bytes())
+    for spec in (tmp_path, tmp_path / "*.mp4"):
+        with pytest.raises(SourceError, match=r"holds videos \(\d files?\) and no images: .*`detector run "):
+            open_source(spec)

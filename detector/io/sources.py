@@ -295,6 +295,7 @@ def open_source(
             matched = [p for p in glob.glob(str(path), recursive=True) if Path(p).is_file()]
             if not matched:
                 raise SourceError(f"the glob {path} matched no file; check its folder and pattern")
+            _no_folder_of_videos(path, [Path(p) for p in matched])
             raise SourceError(f"the glob {path} matched {_files(len(matched))} but no images or videos; {ACCEPTED}")
         return ImageSource(images, path, "images", base=glob_base(str(path)))
     if not path.exists():
@@ -302,6 +303,7 @@ def open_source(
     if path.is_dir():
         images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS)
         if not images:
+            _no_folder_of_videos(path, [p for p in path.iterdir() if p.is_file()])
             others = sum(1 for p in path.iterdir() if p.is_file())
             what = f"it holds {_files(others)} of other kinds" if others else "it holds no file"
             raise SourceError(f"no images found in {path}, nor videos ({what}); {ACCEPTED}")
@@ -320,6 +322,18 @@ def open_source(
                 raise NvdecUnavailable(f"cannot decode {path} with NVDEC: {exc}; use --decode cpu (or auto)") from None
             log.info("%s: decoded on the CPU, not NVDEC: %s", path, exc)
     return VideoFileSource(path, stride=stride, start=start, end=end)
+
+
+def _no_folder_of_videos(spec: Path, files: list[Path]) -> None:
+    """A folder or glob of videos is not one source (``detector run FOLDER`` runs it, a video at a time):
+    say so, rather than that it holds no videos."""
+    from .videos import VIDEO_EXTS
+
+    videos = sum(1 for p in files if p.suffix.lower() in VIDEO_EXTS)
+    if videos:
+        raise SourceError(f"{spec} holds videos ({_files(videos)}) and no images: a source is one video or "
+                          f"images; run the videos with `detector run {spec}` (in Python: "
+                          "detector.folder_run.run_folder)")  # fmt: skip
 
 
 def _not_a_video(text: str) -> bool:
