@@ -245,6 +245,47 @@ def test_box_head_as_convolutions_computes_what_the_matrix_products_did(quantize
     assert not box_head_as_convolutions(retina) and len(retina.get_ordered_ops()) == before
 
 
+def synthetic_box_head(*, transpose_b: bool, fp16_weights: bool = False) -> Any:
+    """A graph shaped like Faster R-CNN v1's box head, named as the export names it: the flatten of pooled
+    (N, 4, 3, 3) features, fc6 (36 -> 8), bias, ReLU, fc7 (8 -> 5), bias, ReLU."""
+    import openvino.opset13 as ops
+
+    head, rng = BOX_HEAD_SCOPE[0], np.random.default_rng(0)
+
+    def weight(rows: int, cols: int) -> Any:
+        w = rng.standard_normal((rows, cols)).astype(np.float32)
+        w = w if transpose_b else np.ascontiguousarray(w.T)
+        return ops.convert(ops.constant(w.astype(np.float16)), "f32") if fp16_weights else ops.constant(w)
+
+    pooled = ops.parameter([-1, 4, 3, 3], np.float32, name="pooled")
+    flat = ops.reshape(pooled, ops.constant(np.array([0, -1], np.int64)), True)
+    flat.set_friendly_name(f"{head}Flatten")
+    x = flat.output(0)
+    for fc, (rows, cols) in (("fc6", (8, 36)), ("fc7", (5, 8))):
+        product = ops.matmul(x, weight(rows, cols), False, transpose_b)
+        product.set_friendly_name(f"{head}{fc}/Gemm/WithoutBiases")
+        x = ops.relu(ops.add(product, ops.constant(rng.standard_normal(rows).astype(np.float32)))).output(0)
+    return ov.Model([x], [pooled])
+
+
+@pytest.mark.parametrize("transpose_b", [True, False])
+def test_box_head_rewrite_on_any_layout_and_no_proposals(transpose_b: bool) -> None:
+    """Both weight layouts a MatMul may hold; no proposals at all (N = 0) gives an empty (0, 5) output as
+    before; weights that are not plain f32 constants (an fp16-compressed IR) leave the graph as it was."""
+    plain, rewritten = synthetic_box_head(transpose_b=transpose_b), synthetic_box_head(transpose_b=transpose_b)
+    assert box_head_as_convolutions(rewritten)
+    assert not [op for op in rewritten.get_ordered_ops() if op.get_type_name() == "MatMul"]
+    for n in (3, 0):
+        pooled = np.random.default_rng(n).standard_normal((n, 4, 3, 3)).astype(np.float32)
+        (want,), (got,) = run_f32(plain, pooled), run_f32(rewritten, pooled)
+        assert got.shape == want.shape == (n, 5)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    compressed = synthetic_box_head(transpose_b=transpose_b, fp16_weights=True)
+    names = [op.get_friendly_name() for op in compressed.get_ordered_ops()]
+    assert not box_head_as_convolutions(compressed)
+    assert [op.get_friendly_name() for op in compressed.get_ordered_ops()] == names
+
+
 def test_faster_rcnn_for_a_cpu_without_vnni_has_an_int8_box_head(
     quantized: dict[str, tuple[Path, Any]], calibration: CalibrationSet
 ) -> None:

@@ -5,8 +5,9 @@ it follows the one rule of :data:`.base.LOW_PRECISION_MODULES` (the rule the tor
 and OpenVINO's bf16 segments use): the convolution stacks -- ResNet-50 + FPN, the RPN's 3x3 conv,
 RetinaNet's two head towers -- and Faster R-CNN's two-layer box head (fc6, fc7; at 320 px with 1,000
 proposals it costs about as many MACs as the backbone). Without them (AVX2 only), int8 pays for
-convolutions only: the box head stays f32 and RetinaNet's final 3x3 convolutions join its towers
-(:data:`NO_VNNI_MODULES`, with the measurements), and every weight gets 7 bits (NNCF's overflow fix).
+convolutions only: RetinaNet's final 3x3 convolutions join its towers (:data:`NO_VNNI_MODULES`, with the
+measurements), Faster R-CNN's box head is int8 once its matrix products are rewritten as convolutions
+(:func:`box_head_as_convolutions`), and every weight gets 7 bits (NNCF's overflow fix).
 The graph's nodes carry the torch module scope (``/model/backbone/body/layer1/...``), so every node
 outside the chosen scopes is handed to NNCF as ignored: the input transform, the RPN's 1x1
 ``cls_logits`` / ``bbox_pred``, the ROI head's ``box_predictor`` (and RetinaNet's ``cls_logits`` /
@@ -66,15 +67,15 @@ is there for the activation quantizer NNCF puts on the pooled features that feed
 has no int8 kernel."""
 
 NO_VNNI_MODULES = ("backbone", "rpn.head.conv", "head.classification_head", "head.regression_head")
-"""What runs int8 on a CPU without int8 dot products (AVX2 only), measured on a real one (AMD EPYC Zen 3,
-OpenVINO 2026.4, 320 px, per-node profile): there int8 pays for convolutions only, about 2.2x f32 for
-the ResNet/FPN stacks. Faster R-CNN's box head stays f32: OpenVINO runs an int8 fc6 as a weight-compressed
-f32 matrix product (261 ms against 224 ms f32) and fc7's int8 GEMM is no faster (22 vs 20 ms), while the
-quantizer on the pooled features adds 30 ms. RetinaNet's final convolutions (``cls_logits``, ``bbox_reg``:
-256 to 819 and 36 channels, 3x3, on every level) join the towers: left f32 they were the largest f32 island
-(124 ms of 334), int8 they take 1.73x to 1.95x f32 for the whole model. Their outputs stay f32 (the
-accumulators are dequantized), so scores keep f32 resolution. The box head is quantized after all, as
-convolutions (:func:`box_head_as_convolutions`, :data:`BOX_HEAD_SCOPE`)."""
+"""What runs int8 on a CPU without int8 dot products (AVX2 only), measured on a real one (AMD EPYC Zen 3, OpenVINO
+2026.4, 320 px, per-node profile): there int8 pays for convolutions only, about 2.2x f32 for the ResNet/FPN stacks.
+Faster R-CNN's box head as matrix products would stay f32: OpenVINO runs an int8 fc6 as a weight-compressed f32
+matrix product (261 ms against 224 ms f32) and fc7's int8 GEMM is no faster (22 vs 20 ms), while the quantizer on
+the pooled features adds 30 ms. RetinaNet's final convolutions (``cls_logits``, ``bbox_reg``: 256 to 819 and 36
+channels, 3x3, on every level) join the towers: left f32 they were the largest f32 island (124 ms of 334), int8 they
+take 1.73x to 1.95x f32 for the whole model. Their outputs stay f32 (the accumulators are dequantized), so scores
+keep f32 resolution. The box head is quantized after all, as convolutions (:func:`box_head_as_convolutions`;
+:data:`BOX_HEAD_SCOPE` joins the scopes when it applies)."""
 
 NO_VNNI_CACHE_TAG = "+no-vnni:2"
 """Appended to an int8 export's calibration key when it is quantized for a CPU without VNNI/AMX; the number
@@ -219,58 +220,67 @@ def _read_unshared(ov: Any, model: Any) -> Any:
 
 
 def box_head_as_convolutions(model: Any) -> bool:
-    """Rewrite Faster R-CNN's box head (``fc6``, ``fc7``: matrix products on the flattened 256x7x7 pooled
-    features of each proposal) as convolutions computing the same sums: ``fc6`` a 7x7 convolution over
-    the pooled features (the flatten order of torch is the weight's C, H, W order), ``fc7`` a 1x1 one, each
-    proposal a batch item; their outputs are flattened back, so the rest of the graph is unchanged. In
-    place; False (and nothing changed) when the graph does not have that shape.
+    """Rewrite the matrix products of Faster R-CNN's box head as convolutions computing the same sums,
+    for int8 on a CPU without VNNI: one on the flattened (N, C, k, k) pooled features (v1's ``fc6``, v2's
+    ``box_head.5``) becomes a k x k convolution over the unflattened features (torch flattens C, H, W: the
+    weight's order), one on an (N, K) vector (v1's ``fc7``) a 1x1 convolution over (N, K, 1, 1); each
+    proposal is a batch item and the outputs are flattened back, so the rest of the graph (bias, ReLU) is
+    unchanged. In place; False, with nothing changed, when the box head has no matrix product or one of
+    another shape (a weight that is not a plain f32 constant, say an fp16-compressed IR's).
 
     Why: on a CPU without VNNI (AVX2 only) OpenVINO has int8 convolution kernels (``jit_avx2_I8``,
     ``jit_avx2_1x1_I8``, about 2x f32) but no int8 matrix product that beats f32, so the box head -- at
-    320 px with 1,000 proposals about as many MACs as the backbone -- stayed f32 and capped int8 at 1.38x
-    f32 for Faster R-CNN v1. As convolutions it is quantized with the stacks. Measured under
-    ``ONEDNN_MAX_CPU_ISA=AVX2`` (which gave the same 1.38x as the real AVX2 CPU), 320 px: int8 1.40x ->
-    1.81x f32 at 1,000 proposals, 1.64x -> 1.87x at 300 (``benchmarks/int8.py``). In f32 the 7x7 form is
-    2.6x slower than the matrix product: only the int8 graph is rewritten."""
+    320 px with 1,000 proposals about as many MACs as the backbone in v1 -- stayed f32 and capped int8 at
+    1.38x f32 for Faster R-CNN v1. As convolutions it is quantized with the stacks. Measured under
+    ``ONEDNN_MAX_CPU_ISA=AVX2`` (which gave the real AVX2 CPUs' 1.38-1.40x before), 320 px, v1: int8
+    1.76x f32 at 1,000 proposals, 1.82x at 300 (``benchmarks/int8.py``). In f32 the k x k form ran 2.6x
+    slower than the matrix product, and with VNNI the int8 matrix product is faster than the int8
+    convolution (148 against 263 ms): only the graph quantized for a CPU without VNNI is rewritten."""
     require("openvino")
     import openvino.opset13 as ops
 
-    byname = {op.get_friendly_name(): op for op in model.get_ordered_ops()}
     head = BOX_HEAD_SCOPE[0]
+    products = [op for op in model.get_ordered_ops() if op.get_type_name() == "MatMul"
+                and op.get_friendly_name().startswith(head)]  # fmt: skip
     plan = []
-    for fc in ("fc6", "fc7"):
-        product = byname.get(f"{head}{fc}/Gemm/WithoutBiases")
-        if product is None or product.get_type_name() != "MatMul":
-            return False
+    for product in products:
         attributes = product.get_attributes()
         weight = product.input_value(1).get_node()
         if attributes.get("transpose_a") or weight.get_type_name() != "Constant":
             return False
         w = weight.get_data()
         w = w if attributes.get("transpose_b") else w.T
+        if w.dtype != np.float32 or w.ndim != 2:
+            return False
         features = product.input_value(0)
-        if fc == "fc6":  # the flatten of the pooled (N, C, k, k) features
-            flatten = features.get_node()
-            if flatten.get_type_name() != "Reshape":
-                return False
-            features = flatten.input_value(0)
-            shape = features.get_partial_shape()
-            if shape.rank.is_dynamic or shape.rank.get_length() != 4 or not all(d.is_static for d in shape[1:]):
-                return False
+        flatten = features.get_node()
+        shape = flatten.input_value(0).get_partial_shape() if flatten.get_type_name() == "Reshape" else None
+        if (
+            shape is not None
+            and shape.rank.is_static
+            and shape.rank.get_length() == 4
+            and all(d.is_static for d in shape[1:])
+        ):  # the flatten of pooled (N, C, k, k) features
             c, kh, kw = (d.get_length() for d in shape[1:])
             if c * kh * kw != w.shape[1]:
                 return False
-            kernel = w.reshape(w.shape[0], c, kh, kw)
+            plan.append((product, flatten.input_value(0), w.reshape(w.shape[0], c, kh, kw)))
+        elif features.get_partial_shape().rank.is_static and features.get_partial_shape().rank.get_length() == 2:
+            plan.append((product, None, w.reshape(*w.shape, 1, 1)))
         else:
-            features = ops.reshape(features, ops.constant(np.array([-1, w.shape[1], 1, 1], np.int64)), False).output(0)
-            kernel = w.reshape(*w.shape, 1, 1)
-        plan.append((fc, product, features, kernel))
-    for fc, product, features, kernel in plan:
+            return False
+    if not plan:
+        return False
+    for product, unflattened, kernel in plan:
+        if unflattened is None:
+            shape = ops.constant(np.array([-1, kernel.shape[1], 1, 1], np.int64))
+            unflattened = ops.reshape(product.input_value(0), shape, False).output(0)
         weights = ops.constant(np.ascontiguousarray(kernel, np.float32))
-        conv = ops.convolution(features, weights, [1, 1], [0, 0], [0, 0], [1, 1])
-        conv.set_friendly_name(f"{head}{fc}/Conv")
+        conv = ops.convolution(unflattened, weights, [1, 1], [0, 0], [0, 0], [1, 1])
+        scope = product.get_friendly_name().split("/Gemm")[0].split("/MatMul")[0]
+        conv.set_friendly_name(f"{scope}/Conv")
         flat = ops.reshape(conv, ops.constant(np.array([-1, kernel.shape[0]], np.int64)), False)
-        flat.set_friendly_name(f"{head}{fc}/Flatten")
+        flat.set_friendly_name(f"{scope}/Flatten")
         for target in list(product.output(0).get_target_inputs()):
             target.replace_source_output(flat.output(0))
     model.validate_nodes_and_infer_types()
@@ -306,7 +316,8 @@ def int8_node_names(model: Any) -> list[str]:
 
 OVERFLOW_FIX_KEY = ["detector", "overflow_fix"]
 """Where a quantized model records whether it was quantized for a CPU without VNNI/AMX (``enable``: 7-bit
-weights, NNCF's overflow fix, and :data:`INT8_SCOPES_NO_VNNI`) or with them (``default``)."""
+weights, NNCF's overflow fix, :data:`INT8_SCOPES_NO_VNNI` and the box head as convolutions) or with them
+(``default``)."""
 SCOPES_KEY = ["detector", "int8_scopes"]
 """Where a quantized model records the node-name prefixes that were quantized (comma-separated)."""
 
@@ -340,7 +351,8 @@ def quantize_openvino(
     ``ov.save_model(q, path, compress_to_fp16=False)``; run it with the f32 inference hint.
     ``no_vnni`` (default: :func:`needs_overflow_fix`, i.e. this CPU has no VNNI/AMX) quantizes for a CPU
     without int8 dot products: every layer's weights to 7 bits, so its sums do not saturate, and the scopes
-    of :data:`INT8_SCOPES_NO_VNNI`; recorded in ``rt_info`` (:data:`OVERFLOW_FIX_KEY`, :data:`SCOPES_KEY`).
+    of :data:`INT8_SCOPES_NO_VNNI`, plus Faster R-CNN's box head rewritten by :func:`box_head_as_convolutions`
+    (:data:`BOX_HEAD_SCOPE`); recorded in ``rt_info`` (:data:`OVERFLOW_FIX_KEY`, :data:`SCOPES_KEY`).
     """
     ov = require("openvino")
     nncf = require("nncf")
