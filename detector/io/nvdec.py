@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import SourceError
-from .sources import VideoFileSource, measured_fps
-from .types import SourceInfo
+from .sources import VideoFileSource
 
 if TYPE_CHECKING:
     import av
@@ -97,19 +95,15 @@ class PyAVVideoSource(VideoFileSource):
     frame on, with a warning: the run goes on, as it would have on the CPU."""
 
     def __init__(self, path: Path, *, gpu: int | None, stride: int = 1, start: int = 0, end: int | None = None) -> None:
-        if stride < 1 or start < 0 or (end is not None and end <= start):
-            raise SourceError(f"need stride >= 1, start >= 0 and end > start; got {stride}, {start}, {end}")
+        self._window(stride, start, end)
         why = nvdec_unavailable() if gpu is not None else None
         if why is not None:
             raise NvdecUnavailable(why)
         import av
         from av.codec.hwaccel import HWAccel
 
-        self.stride, self.start, self.end = stride, start, end
         self.gpu = gpu
         self._path = path
-        self._lock = threading.Lock()
-        self._closed = False
         self._cpu: Any = None  # OpenCV's capture, after NVDEC failed midway
         self._taken = 0  # frames taken from the decoder so far
         hw = (
@@ -163,21 +157,7 @@ class PyAVVideoSource(VideoFileSource):
             self._container.close()
             raise
         fps, count = _opencv_header(path)
-        if fps > 0:
-            measured = measured_fps(path, fps)
-            if measured is not None and abs(measured - fps) > 1e-3 * fps:
-                log.info("%s: its header says %.4f frames/s, its frames are %.4f frames/s apart on average; "
-                         "using %.4f", path, fps, measured, measured)  # fmt: skip
-                fps = measured
-        h, w = image.shape[:2]
-        self.info = SourceInfo("video", path, w, h, fps if fps > 0 else None, count if count > 0 else None)
-        self._first = image
-        seconds = self._seconds(first)
-        self._first_time = (
-            seconds
-            if math.isfinite(seconds) and seconds >= 0 and (seconds > 0 or start == 0)
-            else (start / fps if fps > 0 else 0.0)
-        )
+        self._describe(path, image, fps, count, self._seconds(first))
 
     def _seconds(self, frame: av.VideoFrame) -> float:
         """The frame's time from the stream's start as OpenCV's ``CAP_PROP_POS_MSEC`` tells it: its

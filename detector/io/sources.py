@@ -129,11 +129,7 @@ class VideoFileSource(Source):
     """
 
     def __init__(self, path: Path, *, stride: int = 1, start: int = 0, end: int | None = None) -> None:
-        if stride < 1 or start < 0 or (end is not None and end <= start):
-            raise SourceError(f"need stride >= 1, start >= 0 and end > start; got {stride}, {start}, {end}")
-        self.stride, self.start, self.end = stride, start, end
-        self._lock = threading.Lock()
-        self._closed = False
+        self._window(stride, start, end)
         self._cap = cv2.VideoCapture(str(path))
         try:
             opened = self._cap.isOpened()
@@ -154,6 +150,19 @@ class VideoFileSource(Source):
         except BaseException:
             self._cap.release()
             raise
+        self._describe(path, first, fps, count, first_ms / 1000)
+
+    def _window(self, stride: int, start: int, end: int | None) -> None:
+        """Check and keep ``stride``/``start``/``end``; the read lock (shared with subclasses)."""
+        if stride < 1 or start < 0 or (end is not None and end <= start):
+            raise SourceError(f"need stride >= 1, start >= 0 and end > start; got {stride}, {start}, {end}")
+        self.stride, self.start, self.end = stride, start, end
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def _describe(self, path: Path, first: np.ndarray, fps: float, count: int, seconds: float) -> None:
+        """``info`` (the frame rate measured when the header's disagrees), the first frame and its time in
+        seconds (NaN when unknown), from the header's ``fps`` and frame ``count`` (0 for unknown)."""
         self._first: np.ndarray | None = first
         h, w = first.shape[:2]
         if fps > 0:
@@ -163,7 +172,7 @@ class VideoFileSource(Source):
                          "using %.4f", path, fps, measured, measured)  # fmt: skip
                 fps = measured
         self.info = SourceInfo("video", path, w, h, fps if fps > 0 else None, count if count > 0 else None)
-        seconds = first_ms / 1000
+        start = self.start
         self._first_time = (
             seconds
             if math.isfinite(seconds) and seconds >= 0 and (seconds > 0 or start == 0)
