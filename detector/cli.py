@@ -189,12 +189,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run_gpu(cfg: DetectorConfig, decode: str) -> int | None:
     """The CUDA device index this run's model will use (for NVDEC decoding), None when not on CUDA: the
     torch engine (``auto`` is torch unless the model is an export or int8, OpenVINO's) on a CUDA device."""
-    exported = cfg.model.endswith((".onnx", ".xml")) or cfg.precision == "int8"
-    if decode == "cpu" or cfg.engine not in ("auto", "torch") or (cfg.engine == "auto" and exported):
-        return None
-    from .predictor import cuda_index
+    from .predictor import cuda_index, torch_engine
 
-    return cuda_index(cfg.device)
+    return cuda_index(cfg.device) if decode != "cpu" and torch_engine(cfg) else None
 
 
 def _run_many(args: argparse.Namespace, cfg: DetectorConfig, stats_path: Path | None, serve_token: str | None) -> int:

@@ -73,6 +73,14 @@ def cuda_index(device: torch.device | str) -> int | None:
     return device.index if device.index is not None else torch.cuda.current_device()
 
 
+def torch_engine(cfg: DetectorConfig) -> bool:
+    """Whether ``cfg``'s model runs on the torch engine: ``auto`` is torch unless the model is an export
+    (``.onnx``/``.xml``) or int8 (OpenVINO's)."""
+    if cfg.model.endswith((".onnx", ".xml")) or (cfg.engine == "auto" and cfg.precision == "int8"):
+        return False
+    return cfg.engine in ("auto", "torch")
+
+
 def _auto_precision(cfg: DetectorConfig) -> str:
     """``precision: auto``: on OpenVINO the fastest this CPU runs well (said in one log line), else fp32."""
     if cfg.engine != "openvino":
@@ -210,7 +218,7 @@ class Detector:
             cfg = cfg.replace(precision=_auto_precision(cfg))
         if cfg.precision == "int8" and cfg.engine == "auto" and not cfg.model.endswith(".onnx"):
             cfg = cfg.replace(engine="openvino")  # int8 is OpenVINO's
-        if cfg.engine not in ("auto", "torch") or cfg.model.endswith((".onnx", ".xml")):
+        if not torch_engine(cfg):
             from .engines.load import engine_from_config
 
             if cfg.compile:
