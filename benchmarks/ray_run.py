@@ -12,8 +12,9 @@ the model's start-up:
   path of ``detector run`` (one thread per process, as torchrun sets);
 - the start-up cost: the same three on a folder of one image, and ``ray.init`` + ``ray.shutdown`` alone.
 
-Prints a Markdown table (frames/s over the whole command, seconds) and the ratios; ``--out FILE`` also
-writes it there. Usage: ``.venv/bin/python benchmarks/ray_run.py [--workers 2] [--out results/x.txt]``.
+``--model-args`` replaces the model flags (default: the shipped ``d2go``). Prints a Markdown table (frames/s
+over the whole command, seconds) and the ratios; ``--out FILE`` also writes it there. Usage:
+``.venv/bin/python benchmarks/ray_run.py [--workers 2] [--model-args "..."] [--out results/x.txt]``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -34,6 +36,9 @@ COCO = SHARED / "data" / "coco-mini" / "val2017"
 LENGTHS = (96, 8, 48, 8, 24, 8, 16, 8)
 """Frames per video, by name order: the longest first, so ``[rank::world]`` gives rank 0 most of the work."""
 MODEL = ["--model", "d2go", "--score", "0.3"]
+"""The model flags of every command (``--model-args`` replaces them): the shipped model, cheap per frame, so
+decoding, drawing and encoding weigh as much as the model. A heavier one (``--model-args "--model
+fasterrcnn_resnet50_fpn --weights random --min-size 320"``) shows the scheduling where the model dominates."""
 
 
 def make_videos(folder: Path, lengths: tuple[int, ...]) -> int:
@@ -95,9 +100,11 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--lengths", default=",".join(map(str, LENGTHS)), help="frames of each video")
     parser.add_argument("--out", type=Path, help="also write the table here")
+    parser.add_argument("--model-args", default=shlex.join(MODEL), help="the model flags of every command")
     parser.add_argument("--sharding-only", action="store_true",
                         help="only the videos: --ray against torchrun [rank::world]")  # fmt: skip
     args = parser.parse_args()
+    MODEL[:] = shlex.split(args.model_args)
     lengths = tuple(int(n) for n in args.lengths.split(","))
     w = str(args.workers)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # torchrun's default, said here so the run is the same
@@ -128,7 +135,7 @@ def main() -> None:
     lines = [
         f"machine: {machine()}; load average at the end {os.getloadavg()[0]:.1f} (other sessions share it)",
         f"videos: {len(lengths)} of {','.join(map(str, lengths))} frames at 384x288; images: {images} at about "
-        f"320x240; --workers {w}; model d2go; each figure one run of the whole command",
+        f"320x240; --workers {w}; model flags {shlex.join(MODEL)}; each figure one run of the whole command",
         "",
         "| input | how | frames | seconds | frames/s |",
         "|---|---|---:|---:|---:|",

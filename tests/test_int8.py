@@ -214,9 +214,9 @@ def test_int8_quantizes_the_stacks_and_keeps_predictors_and_nms_f32(
         assert any("cls_logits" in n for n in int8) and any("bbox_reg" in n for n in int8)
 
 
-def run_f32(model: Any, image: np.ndarray) -> list[np.ndarray]:
+def run_f32(model: Any, *inputs: np.ndarray) -> list[np.ndarray]:
     compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    return [np.asarray(v) for v in compiled(image).values()]
+    return [np.asarray(v) for v in compiled(list(inputs)).values()]
 
 
 def test_box_head_as_convolutions_computes_what_the_matrix_products_did(quantized: dict[str, tuple[Path, Any]]) -> None:
@@ -231,6 +231,13 @@ def test_box_head_as_convolutions_computes_what_the_matrix_products_did(quantize
     head = BOX_HEAD_SCOPE[0]
     assert names[f"{head}fc6/Conv"] == names[f"{head}fc7/Conv"] == "Convolution"
     assert not [n for n, t in names.items() if n.startswith(head) and t == "MatMul"]
+    ops_by_name = {op.get_friendly_name(): op for op in rewritten.get_ordered_ops()}
+    # the bias and ReLU run on the convolutions' 4-D outputs; the pooled features enter fc6 as ROI Align left
+    # them (per level, concatenated) and the box head's output is put in proposal order instead
+    relus = [op for n, op in ops_by_name.items() if n.startswith(head) and op.get_type_name() == "Relu"]
+    assert len(relus) == 2 and all(op.get_output_partial_shape(0).rank.get_length() == 4 for op in relus)
+    assert ops_by_name[f"{head}fc6/Conv"].input_value(0).get_node().get_type_name() == "Concat"
+    assert names[f"{head}fc7/Rows"] == "Gather"
     for index in (15, 45):
         (boxes, scores, labels), (boxes2, scores2, labels2) = (
             run_f32(plain, frame(index)),
@@ -245,9 +252,11 @@ def test_box_head_as_convolutions_computes_what_the_matrix_products_did(quantize
     assert not box_head_as_convolutions(retina) and len(retina.get_ordered_ops()) == before
 
 
-def synthetic_box_head(*, transpose_b: bool, fp16_weights: bool = False) -> Any:
+def synthetic_box_head(*, transpose_b: bool, fp16_weights: bool = False, rows: bool = False) -> Any:
     """A graph shaped like Faster R-CNN v1's box head, named as the export names it: the flatten of pooled
-    (N, 4, 3, 3) features, fc6 (36 -> 8), bias, ReLU, fc7 (8 -> 5), bias, ReLU."""
+    (N, 4, 3, 3) features, fc6 (36 -> 8), bias (as the ONNX import leaves a Gemm's: ``bias * beta``), ReLU,
+    fc7 (8 -> 5), bias, ReLU. ``rows``: the pooled features are first gathered by a second input's row
+    indices, as the export's level merge does."""
     import openvino.opset13 as ops
 
     head, rng = BOX_HEAD_SCOPE[0], np.random.default_rng(0)
@@ -258,26 +267,40 @@ def synthetic_box_head(*, transpose_b: bool, fp16_weights: bool = False) -> Any:
         return ops.convert(ops.constant(w.astype(np.float16)), "f32") if fp16_weights else ops.constant(w)
 
     pooled = ops.parameter([-1, 4, 3, 3], np.float32, name="pooled")
-    flat = ops.reshape(pooled, ops.constant(np.array([0, -1], np.int64)), True)
+    order = ops.parameter([-1], np.int64, name="order")
+    features = ops.gather(pooled, order, ops.constant(np.int64(0))) if rows else pooled
+    flat = ops.reshape(features, ops.constant(np.array([0, -1], np.int64)), True)
     flat.set_friendly_name(f"{head}Flatten")
     x = flat.output(0)
-    for fc, (rows, cols) in (("fc6", (8, 36)), ("fc7", (5, 8))):
-        product = ops.matmul(x, weight(rows, cols), False, transpose_b)
+    for fc, (out, cols) in (("fc6", (8, 36)), ("fc7", (5, 8))):
+        product = ops.matmul(x, weight(out, cols), False, transpose_b)
         product.set_friendly_name(f"{head}{fc}/Gemm/WithoutBiases")
-        x = ops.relu(ops.add(product, ops.constant(rng.standard_normal(rows).astype(np.float32)))).output(0)
-    return ov.Model([x], [pooled])
+        bias = ops.multiply(ops.constant(rng.standard_normal(out).astype(np.float32)), ops.constant(np.float32(1.5)))
+        x = ops.relu(ops.add(product, bias)).output(0)
+    return ov.Model([x], [pooled, order] if rows else [pooled])
 
 
 @pytest.mark.parametrize("transpose_b", [True, False])
-def test_box_head_rewrite_on_any_layout_and_no_proposals(transpose_b: bool) -> None:
-    """Both weight layouts a MatMul may hold; no proposals at all (N = 0) gives an empty (0, 5) output as
-    before; weights that are not plain f32 constants (an fp16-compressed IR) leave the graph as it was."""
-    plain, rewritten = synthetic_box_head(transpose_b=transpose_b), synthetic_box_head(transpose_b=transpose_b)
+@pytest.mark.parametrize("rows", [False, True], ids=["pooled", "gathered"])
+def test_box_head_rewrite_on_any_layout_and_no_proposals(transpose_b: bool, rows: bool) -> None:
+    """Both weight layouts a MatMul may hold, pooled features given as they are or gathered into another
+    order; no proposals at all (N = 0) gives an empty (0, 5) output as before; the bias and ReLU end up on
+    the 4-D convolution outputs; weights that are not plain f32 constants (an fp16-compressed IR) leave the
+    graph as it was."""
+    plain = synthetic_box_head(transpose_b=transpose_b, rows=rows)
+    rewritten = synthetic_box_head(transpose_b=transpose_b, rows=rows)
     assert box_head_as_convolutions(rewritten)
-    assert not [op for op in rewritten.get_ordered_ops() if op.get_type_name() == "MatMul"]
+    kinds = [op.get_type_name() for op in rewritten.get_ordered_ops() if op.get_type_name() != "Constant"]
+    assert "MatMul" not in kinds
+    # conv, bias, ReLU, conv, bias, ReLU, then the one flatten (and the gather, when there was one) at the end
+    body = [k for k in kinds if k not in ("Parameter", "Result")]
+    assert body == ["Convolution", "Add", "Relu", "Convolution", "Add", "Relu", "Reshape"] + (
+        ["Gather"] if rows else []
+    )
     for n in (3, 0):
         pooled = np.random.default_rng(n).standard_normal((n, 4, 3, 3)).astype(np.float32)
-        (want,), (got,) = run_f32(plain, pooled), run_f32(rewritten, pooled)
+        inputs = [pooled, np.array([2, 0, 1][:n], np.int64)] if rows else [pooled]
+        (want,), (got,) = run_f32(plain, *inputs), run_f32(rewritten, *inputs)
         assert got.shape == want.shape == (n, 5)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     compressed = synthetic_box_head(transpose_b=transpose_b, fp16_weights=True)

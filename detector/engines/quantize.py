@@ -77,9 +77,10 @@ take 1.73x to 1.95x f32 for the whole model. Their outputs stay f32 (the accumul
 keep f32 resolution. The box head is quantized after all, as convolutions (:func:`box_head_as_convolutions`;
 :data:`BOX_HEAD_SCOPE` joins the scopes when it applies)."""
 
-NO_VNNI_CACHE_TAG = "+no-vnni:2"
+NO_VNNI_CACHE_TAG = "+no-vnni:3"
 """Appended to an int8 export's calibration key when it is quantized for a CPU without VNNI/AMX; the number
-is that recipe's version (2: the box head as int8 convolutions), so exports of an older recipe are redone."""
+is that recipe's version (2: the box head as int8 convolutions; 3: their bias, ReLU and the pooled rows' order
+moved so OpenVINO fuses them), so exports of an older recipe are redone."""
 
 INT8_SCOPES_NO_VNNI = graph_scopes(NO_VNNI_MODULES)
 """Node-name prefixes NNCF may quantize for a CPU without VNNI/AMX (see :data:`NO_VNNI_MODULES`)."""
@@ -224,8 +225,11 @@ def box_head_as_convolutions(model: Any) -> bool:
     for int8 on a CPU without VNNI: one on the flattened (N, C, k, k) pooled features (v1's ``fc6``, v2's
     ``box_head.5``) becomes a k x k convolution over the unflattened features (torch flattens C, H, W: the
     weight's order), one on an (N, K) vector (v1's ``fc7``) a 1x1 convolution over (N, K, 1, 1); each
-    proposal is a batch item and the outputs are flattened back, so the rest of the graph (bias, ReLU) is
-    unchanged. In place; False, with nothing changed, when the box head has no matrix product or one of
+    proposal is a batch item. The per-channel ops after each product (bias, scale, ReLU) move onto the
+    convolution's (N, C, 1, 1) output, where OpenVINO fuses them and the next layer's quantizer into it; the
+    result is flattened back after them, so what follows is unchanged. Pooled features gathered into
+    proposal order (:func:`_row_gather`) enter fc6 as pooled, and the box head's output is gathered instead.
+    In place; False, with nothing changed, when the box head has no matrix product or one of
     another shape (a weight that is not a plain f32 constant, say an fp16-compressed IR's).
 
     Why: on a CPU without VNNI (AVX2 only) OpenVINO has int8 convolution kernels (``jit_avx2_I8``,
@@ -233,7 +237,8 @@ def box_head_as_convolutions(model: Any) -> bool:
     320 px with 1,000 proposals about as many MACs as the backbone in v1 -- stayed f32 and capped int8 at
     1.38x f32 for Faster R-CNN v1. As convolutions it is quantized with the stacks. Measured under
     ``ONEDNN_MAX_CPU_ISA=AVX2`` (which gave the real AVX2 CPUs' 1.38-1.40x before), 320 px, v1: int8
-    1.76x f32 at 1,000 proposals, 1.82x at 300 (``benchmarks/int8.py``). In f32 the k x k form ran 2.6x
+    1.76x f32 at 1,000 proposals, 1.82x at 300 (``benchmarks/int8.py``); with the bias/ReLU and row order
+    moved for fusion, 1.88x and 1.91x. In f32 the k x k form ran 2.6x
     slower than the matrix product, and with VNNI the int8 matrix product is faster than the int8
     convolution (148 against 263 ms): only the graph quantized for a CPU without VNNI is rewritten."""
     require("openvino")
@@ -264,27 +269,107 @@ def box_head_as_convolutions(model: Any) -> bool:
             c, kh, kw = (d.get_length() for d in shape[1:])
             if c * kh * kw != w.shape[1]:
                 return False
-            plan.append((product, flatten.input_value(0), w.reshape(w.shape[0], c, kh, kw)))
+            pooled, rows = _row_gather(flatten.input_value(0))
+            plan.append((product, pooled, w.reshape(w.shape[0], c, kh, kw), rows))
         elif features.get_partial_shape().rank.is_static and features.get_partial_shape().rank.get_length() == 2:
-            plan.append((product, None, w.reshape(*w.shape, 1, 1)))
+            plan.append((product, None, w.reshape(*w.shape, 1, 1), None))
         else:
             return False
     if not plan:
         return False
-    for product, unflattened, kernel in plan:
+    made: dict[str, tuple[Any, Any]] = {}  # name of an output made here -> its (N, C, 1, 1) source, rows to take
+    for product, unflattened, kernel, rows in plan:
         if unflattened is None:
-            shape = ops.constant(np.array([-1, kernel.shape[1], 1, 1], np.int64))
-            unflattened = ops.reshape(product.input_value(0), shape, False).output(0)
+            vector = product.input_value(0)
+            if vector.get_node().get_friendly_name() in made:  # the previous rewritten layer: no flatten, unflatten
+                unflattened, rows = made[vector.get_node().get_friendly_name()]
+            else:
+                shape = ops.constant(np.array([-1, kernel.shape[1], 1, 1], np.int64))
+                unflattened = ops.reshape(vector, shape, False).output(0)
         weights = ops.constant(np.ascontiguousarray(kernel, np.float32))
         conv = ops.convolution(unflattened, weights, [1, 1], [0, 0], [0, 0], [1, 1])
         scope = product.get_friendly_name().split("/Gemm")[0].split("/MatMul")[0]
         conv.set_friendly_name(f"{scope}/Conv")
-        flat = ops.reshape(conv, ops.constant(np.array([-1, kernel.shape[0]], np.int64)), False)
-        flat.set_friendly_name(f"{scope}/Flatten")
-        for target in list(product.output(0).get_target_inputs()):
-            target.replace_source_output(flat.output(0))
+        # bias, scale and ReLU after the product act per channel: done on the (N, C, 1, 1) output, so OpenVINO
+        # fuses them, and the next layer's quantizer, into the convolution (flattened, they ran apart: 11 ms
+        # of 450 for the quantizer between fc6 and fc7 alone, AVX2, 1,000 proposals)
+        x, last = conv.output(0), product
+        for i, (op, constant) in enumerate(_per_channel_tail(product, kernel.shape[0])):
+            kind = op.get_type_name()
+            node = ops.relu(x) if constant is None else getattr(ops, kind.lower())(x, ops.constant(constant))
+            node.set_friendly_name(f"{scope}/{kind}_{i}")
+            x, last = node.output(0), op
+        out = ops.reshape(x, ops.constant(np.array([-1, kernel.shape[0]], np.int64)), False)
+        out.set_friendly_name(f"{scope}/Flatten")
+        if rows is not None:  # the rows the pooled features were gathered by, taken here instead
+            out = ops.gather(out, rows, ops.constant(np.int64(0)))
+            out.set_friendly_name(f"{scope}/Rows")
+        made[out.get_friendly_name()] = (x, rows)
+        for target in list(last.output(0).get_target_inputs()):
+            target.replace_source_output(out.output(0))
     model.validate_nodes_and_infer_types()
     return True
+
+
+def _row_gather(pooled: Any) -> tuple[Any, Any]:
+    """``(features, rows)`` when ``pooled`` is ``Gather(features, rows, axis 0)`` -- Faster R-CNN's export puts
+    each FPN level's pooled boxes back in proposal order so (:func:`detector.engines.export.merge_levels`) --
+    else ``(pooled, None)``. The box head treats each row alone, so it may run on the rows as pooled and take
+    them in order from its (N, 1024) output: a gather of 1,024 values a row instead of 12,544, and no layout
+    change between ROI Align and fc6's convolution (20 ms of 450 for the pooled features' gather, its layout
+    changes and its quantizer, AVX2, 1,000 proposals)."""
+    node = pooled.get_node()
+    if node.get_type_name() != "Gather" or node.get_attributes().get("batch_dims", 0) != 0:
+        return pooled, None
+    axis = _constant(node.input_value(2))
+    rows = node.input_value(1)
+    if axis is None or axis.size != 1 or int(axis.reshape(())) != 0 or rows.get_partial_shape().rank.get_length() != 1:
+        return pooled, None
+    return node.input_value(0), rows
+
+
+def _constant(output: Any) -> np.ndarray | None:
+    """The value of a constant, or of products and sums of constants (an exported Gemm's ``bias * beta``)."""
+    node = output.get_node()
+    kind = node.get_type_name()
+    if kind == "Constant":
+        return node.get_data()
+    if kind in ("Add", "Multiply"):
+        a, b = _constant(node.input_value(0)), _constant(node.input_value(1))
+        if a is None or b is None or a.dtype != b.dtype:
+            return None
+        return a + b if kind == "Add" else a * b
+    return None
+
+
+def _per_channel_tail(product: Any, channels: int) -> list[tuple[Any, np.ndarray | None]]:
+    """The ops after a matrix product's (N, C) output that act on each channel alone -- ``Add`` or
+    ``Multiply`` with an f32 constant (or constant expression) of C values or one, ``Relu`` -- each the only
+    consumer of the one before, with that constant shaped (1, C, 1, 1) (``None`` for ``Relu``)."""
+    chain: list[tuple[Any, np.ndarray | None]] = []
+    output = product.output(0)
+    while True:
+        targets = list(output.get_target_inputs())
+        if len(targets) != 1:
+            return chain
+        op = targets[0].get_node()
+        kind = op.get_type_name()
+        if kind == "Relu":
+            chain.append((op, None))
+        elif kind in ("Add", "Multiply"):
+            data = _constant(op.input_value(1 - targets[0].get_index()))
+            if (
+                data is None
+                or data.dtype != np.float32
+                or data.ndim > 2
+                or data.size not in (1, channels)
+                or (data.size == channels and data.shape[-1] != channels)
+            ):
+                return chain
+            chain.append((op, np.ascontiguousarray(data.reshape(1, -1, 1, 1))))
+        else:
+            return chain
+        output = op.output(0)
 
 
 def _frames_for(calibration: Iterable[np.ndarray]) -> list[np.ndarray]:
