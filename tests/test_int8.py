@@ -513,7 +513,10 @@ def _stop(*args: object) -> None:
 
 
 def test_without_vnni_every_layer_gets_7_bit_weights_and_says_so(
-    quantized: dict[str, tuple[Path, Any]], calibration: CalibrationSet, monkeypatch: pytest.MonkeyPatch
+    quantized: dict[str, tuple[Path, Any]],
+    calibration: CalibrationSet,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A CPU without VNNI/AMX (AVX2 only, or oneDNN capped to it) multiplies u8 x s8 into 16-bit sums that
     saturate; NNCF's overflow fix quantizes every layer's weights to 7 bits there. Which one a model got
@@ -534,6 +537,7 @@ def test_without_vnni_every_layer_gets_7_bit_weights_and_says_so(
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     assert quantize.needs_overflow_fix()
     keys = []
+    monkeypatch.setattr("detector.engines.openvino_engine._said_int8_is_slower", False)
     for cap in ("AVX2", "ALL"):
         monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
         seen: list[str] = []
@@ -541,7 +545,11 @@ def test_without_vnni_every_layer_gets_7_bit_weights_and_says_so(
         monkeypatch.setattr(load, "_open_cached", _stop)
         cfg = load_config(None, {"model": "retinanet_resnet50_fpn", **SIZES, "engine": "openvino",
                                  "precision": "int8"})  # fmt: skip
+        caplog.clear()
         with pytest.raises(_Stop):
             load.load_cached(cfg, progress=False)
         keys.append(seen[0])
+        # without VNNI it says int8 will be slower before the export and its quantization, not after
+        slower = [r for r in caplog.records if "no int8 dot-product instructions" in r.getMessage()]
+        assert len(slower) == (1 if cap == "AVX2" else 0), cap  # said once a process (an AVX2 CPU: in the first)
     assert keys[0] == keys[1] + quantize.NO_VNNI_CACHE_TAG if not here else keys[0] == keys[1], keys

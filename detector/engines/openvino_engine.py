@@ -30,6 +30,19 @@ from .openvino_mixed import SegmentedRequest, split_by_precision
 
 log = logging.getLogger(__name__)
 
+_said_int8_is_slower = False
+
+
+def say_int8_is_slower_here() -> None:
+    """Warn, once per process, that this CPU has no int8 dot products: said before a long quantization
+    (``engines.load``) as well as when an int8 model opens, so once is enough."""
+    global _said_int8_is_slower
+    if not _said_int8_is_slower:
+        _said_int8_is_slower = True
+        log.warning("this CPU has no int8 dot-product instructions (%s): int8 runs, but slower than on one "
+                    "that has them", " / ".join(INT8_DOT_PRODUCT))  # fmt: skip
+
+
 OV_PRECISIONS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 """Asked precision -> inference hint. An int8 model holds its quantization in the graph and runs under
 the f32 hint: the stacks run int8, everything else f32."""
@@ -175,8 +188,7 @@ class OpenVINOEngine:
             log.info("%s is an int8 model: it runs int8, not %s", self.path.name, precision)
             precision = "int8"
         if quantized and not cpu_has_int8_dot_product():
-            log.warning("this CPU has no int8 dot-product instructions (%s): int8 runs, but slower than on one "
-                        "that has them", " / ".join(INT8_DOT_PRODUCT))  # fmt: skip
+            say_int8_is_slower_here()
             if self._overflow_fix() != "enable":
                 log.warning("%s was quantized for a CPU with VNNI/AMX: here its int8 sums can saturate (RetinaNet's "
                             "FPN fidelity fell from 0.999 to 0.98); re-export it on this CPU (`detector export ... "
