@@ -252,11 +252,11 @@ def test_box_head_as_convolutions_computes_what_the_matrix_products_did(quantize
     assert not box_head_as_convolutions(retina) and len(retina.get_ordered_ops()) == before
 
 
-def synthetic_box_head(*, transpose_b: bool, fp16_weights: bool = False, rows: bool = False) -> Any:
+def synthetic_box_head(*, transpose_b: bool, fp16_weights: bool = False, rows: str = "") -> Any:
     """A graph shaped like Faster R-CNN v1's box head, named as the export names it: the flatten of pooled
     (N, 4, 3, 3) features, fc6 (36 -> 8), bias (as the ONNX import leaves a Gemm's: ``bias * beta``), ReLU,
     fc7 (8 -> 5), bias, ReLU. ``rows``: the pooled features are first gathered by a second input's row
-    indices, as the export's level merge does."""
+    indices, after a Concat as the export's level merge does (``"merged"``) or straight (``"gathered"``)."""
     import openvino.opset13 as ops
 
     head, rng = BOX_HEAD_SCOPE[0], np.random.default_rng(0)
@@ -268,7 +268,8 @@ def synthetic_box_head(*, transpose_b: bool, fp16_weights: bool = False, rows: b
 
     pooled = ops.parameter([-1, 4, 3, 3], np.float32, name="pooled")
     order = ops.parameter([-1], np.int64, name="order")
-    features = ops.gather(pooled, order, ops.constant(np.int64(0))) if rows else pooled
+    source = ops.concat([pooled], 0) if rows == "merged" else pooled
+    features = ops.gather(source, order, ops.constant(np.int64(0))) if rows else pooled
     flat = ops.reshape(features, ops.constant(np.array([0, -1], np.int64)), True)
     flat.set_friendly_name(f"{head}Flatten")
     x = flat.output(0)
@@ -281,10 +282,11 @@ def synthetic_box_head(*, transpose_b: bool, fp16_weights: bool = False, rows: b
 
 
 @pytest.mark.parametrize("transpose_b", [True, False])
-@pytest.mark.parametrize("rows", [False, True], ids=["pooled", "gathered"])
-def test_box_head_rewrite_on_any_layout_and_no_proposals(transpose_b: bool, rows: bool) -> None:
+@pytest.mark.parametrize("rows", ["", "merged", "gathered"])
+def test_box_head_rewrite_on_any_layout_and_no_proposals(transpose_b: bool, rows: str) -> None:
     """Both weight layouts a MatMul may hold, pooled features given as they are or gathered into another
-    order; no proposals at all (N = 0) gives an empty (0, 5) output as before; the bias and ReLU end up on
+    order (after the level merge's Concat the gather moves past the box head; another stays before it); no
+    proposals at all (N = 0) gives an empty (0, 5) output as before; the bias and ReLU end up on
     the 4-D convolution outputs; weights that are not plain f32 constants (an fp16-compressed IR) leave the
     graph as it was."""
     plain = synthetic_box_head(transpose_b=transpose_b, rows=rows)
@@ -292,11 +294,11 @@ def test_box_head_rewrite_on_any_layout_and_no_proposals(transpose_b: bool, rows
     assert box_head_as_convolutions(rewritten)
     kinds = [op.get_type_name() for op in rewritten.get_ordered_ops() if op.get_type_name() != "Constant"]
     assert "MatMul" not in kinds
-    # conv, bias, ReLU, conv, bias, ReLU, then the one flatten (and the gather, when there was one) at the end
+    # conv, bias, ReLU, conv, bias, ReLU, then the one flatten (and the merge's gather) at the end
     body = [k for k in kinds if k not in ("Parameter", "Result")]
-    assert body == ["Convolution", "Add", "Relu", "Convolution", "Add", "Relu", "Reshape"] + (
-        ["Gather"] if rows else []
-    )
+    head = ["Convolution", "Add", "Relu", "Convolution", "Add", "Relu", "Reshape"]
+    before = {"merged": ["Concat"], "gathered": ["Gather"]}.get(rows, [])
+    assert body == before + head + (["Gather"] if rows == "merged" else [])
     for n in (3, 0):
         pooled = np.random.default_rng(n).standard_normal((n, 4, 3, 3)).astype(np.float32)
         inputs = [pooled, np.array([2, 0, 1][:n], np.int64)] if rows else [pooled]
@@ -553,3 +555,25 @@ def test_without_vnni_every_layer_gets_7_bit_weights_and_says_so(
         slower = [r for r in caplog.records if "no int8 dot-product instructions" in r.getMessage()]
         assert len(slower) == (1 if cap == "AVX2" else 0), cap  # said once a process (an AVX2 CPU: in the first)
     assert keys[0] == keys[1] + quantize.NO_VNNI_CACHE_TAG if not here else keys[0] == keys[1], keys
+
+
+def test_detector_export_int8_says_it_will_be_slower_before_quantizing(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """``detector export --precision int8`` on a CPU without int8 dot products (an AVX2 cap here, whatever
+    this CPU is) says int8 will be slower there before it builds, exports and quantizes the model; with
+    them it says nothing."""
+    from detector.engines import export
+    from detector.engines.quantize import needs_overflow_fix
+
+    monkeypatch.setattr("detector.models.build.build_model", lambda *args, **kwargs: _stop())
+    cfg = load_config(None, {"model": "retinanet_resnet50_fpn", **SIZES, "engine": "openvino", "precision": "int8"})
+    for cap, says in (("AVX2", True), ("ALL", False)):
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+        monkeypatch.setattr("detector.engines.openvino_engine._said_int8_is_slower", False)
+        if not says and needs_overflow_fix():
+            continue  # an AVX2-only CPU: no cap lifts it
+        caplog.clear()
+        with pytest.raises(_Stop):
+            export.export_from_config(cfg, fmt="openvino", out=tmp_path / "m.xml", progress=False)
+        assert ("no int8 dot-product instructions" in caplog.text) is says, (cap, caplog.text)

@@ -275,6 +275,12 @@ def export_from_config(cfg: DetectorConfig, *, fmt: str, out: Path, progress: bo
             "for fine-tuned weights pass --model <registry name> --weights FILE.pth"
         )
     calibration = calibration_for(cfg)
+    if calibration is not None:
+        from .openvino_engine import say_int8_is_slower_here
+        from .quantize import needs_overflow_fix
+
+        if needs_overflow_fix():  # before the quantization (a minute or more), not after
+            say_int8_is_slower_here()
     model, class_names, _ = build_model(cfg, progress=progress)
     sha = weights_sha256(cfg, model)
     export_model(model, cfg, class_names, out, fmt=fmt, weights_sha=sha, progress=progress, calibration=calibration)

@@ -262,6 +262,8 @@ def box_head_as_convolutions(model: Any) -> bool:
         shape = flatten.input_value(0).get_partial_shape() if flatten.get_type_name() == "Reshape" else None
         if (
             shape is not None
+            and features.get_partial_shape().rank.is_static
+            and features.get_partial_shape().rank.get_length() == 2
             and shape.rank.is_static
             and shape.rank.get_length() == 4
             and all(d.is_static for d in shape[1:])
@@ -277,12 +279,12 @@ def box_head_as_convolutions(model: Any) -> bool:
             return False
     if not plan:
         return False
-    made: dict[str, tuple[Any, Any]] = {}  # name of an output made here -> its (N, C, 1, 1) source, rows to take
+    made: dict[int, tuple[Any, Any]] = {}  # an output node made here (instance id) -> its (N, C, 1, 1) source, rows
     for product, unflattened, kernel, rows in plan:
         if unflattened is None:
             vector = product.input_value(0)
-            if vector.get_node().get_friendly_name() in made:  # the previous rewritten layer: no flatten, unflatten
-                unflattened, rows = made[vector.get_node().get_friendly_name()]
+            if vector.get_node().get_instance_id() in made:  # the previous rewritten layer: no flatten, unflatten
+                unflattened, rows = made[vector.get_node().get_instance_id()]
             else:
                 shape = ops.constant(np.array([-1, kernel.shape[1], 1, 1], np.int64))
                 unflattened = ops.reshape(vector, shape, False).output(0)
@@ -304,7 +306,7 @@ def box_head_as_convolutions(model: Any) -> bool:
         if rows is not None:  # the rows the pooled features were gathered by, taken here instead
             out = ops.gather(out, rows, ops.constant(np.int64(0)))
             out.set_friendly_name(f"{scope}/Rows")
-        made[out.get_friendly_name()] = (x, rows)
+        made[out.get_instance_id()] = (x, rows)
         for target in list(last.output(0).get_target_inputs()):
             target.replace_source_output(out.output(0))
     model.validate_nodes_and_infer_types()
@@ -312,14 +314,17 @@ def box_head_as_convolutions(model: Any) -> bool:
 
 
 def _row_gather(pooled: Any) -> tuple[Any, Any]:
-    """``(features, rows)`` when ``pooled`` is ``Gather(features, rows, axis 0)`` -- Faster R-CNN's export puts
-    each FPN level's pooled boxes back in proposal order so (:func:`detector.engines.export.merge_levels`) --
-    else ``(pooled, None)``. The box head treats each row alone, so it may run on the rows as pooled and take
-    them in order from its (N, 1024) output: a gather of 1,024 values a row instead of 12,544, and no layout
-    change between ROI Align and fc6's convolution (20 ms of 450 for the pooled features' gather, its layout
-    changes and its quantizer, AVX2, 1,000 proposals)."""
+    """``(features, rows)`` when ``pooled`` is ``Gather(Concat(...), rows, axis 0)`` -- Faster R-CNN's export
+    puts each FPN level's pooled boxes back in proposal order so (:func:`detector.engines.export.merge_levels`,
+    whose rows are a permutation: an index out of range would give a zero row of features in the original
+    graph but a zero box-head output here) -- else ``(pooled, None)``. The box head treats each row alone, so
+    it may run on the rows as pooled and take them in order from its (N, 1024) output: a gather of 1,024
+    values a row instead of 12,544, and no layout change between ROI Align and fc6's convolution (20 ms of
+    450 for the pooled features' gather, its layout changes and its quantizer, AVX2, 1,000 proposals)."""
     node = pooled.get_node()
     if node.get_type_name() != "Gather" or node.get_attributes().get("batch_dims", 0) != 0:
+        return pooled, None
+    if node.input_value(0).get_node().get_type_name() != "Concat":  # not the export's level merge
         return pooled, None
     axis = _constant(node.input_value(2))
     rows = node.input_value(1)
