@@ -28,6 +28,10 @@ cost differ somewhat; the output says which.
 arrays as the pipeline gets them) on an H.264 copy of the video -- what cameras record; NVDEC has
 no decoder for the shared clip's MS-MPEG4 -- with OpenCV, PyAV on the CPU and NVDEC (``--decode``);
 ``--decode`` picks the decoder of the end-to-end rows (``auto``: NVDEC on CUDA when it can).
+
+``--cuda-graphs`` (or ``--paths all``) adds a third path, ``graphs``: the batched path with its device part
+captured and replayed as CUDA graphs (``DETECTOR_CUDA_GRAPHS=on``), timed and checked against torchvision's
+in the same run -- item 4's on/off figures.
 """
 
 from __future__ import annotations
@@ -142,8 +146,9 @@ def decode_stage(video: Path, decoder: str, gpu: int | None) -> str:
     return f"| {decoder} | {median(rates):.0f} | {median(cpus):.2f} |"
 
 
-PATHS = {"torchvision": "off", "batched": "on"}
-"""The torch engine's two paths, by the ``DETECTOR_BATCHED`` mode that selects each."""
+PATHS = {"torchvision": "off", "batched": "on", "graphs": "on"}
+"""The torch engine's paths, by the ``DETECTOR_BATCHED`` mode that selects each; ``graphs`` is the batched
+path with its device part replayed as CUDA graphs (``DETECTOR_CUDA_GRAPHS=on``)."""
 
 
 def use_path(detector: Detector, path: str) -> bool:
@@ -151,7 +156,8 @@ def use_path(detector: Detector, path: str) -> bool:
     engine = detector.engine
     if not isinstance(engine, TorchEngine):
         return path == "torchvision"
-    return engine.use_batched(PATHS[path]) == (path == "batched")
+    engine.cuda_graphs = path == "graphs"
+    return engine.use_batched(PATHS[path]) == (path != "torchvision")
 
 
 def syncs_per_batch(detector: Detector, frames: list, batch: int) -> int:
@@ -169,13 +175,14 @@ def run_path(detector: Detector, path: str, tensors: list) -> list[Detections]:
     return detector.postprocess(detector.forward(tensors))
 
 
-def agreement(detector: Detector, frames: list, batch: int) -> str:
-    """Whether the batched path gave torchvision's detections on one batch: per image the same count, the
-    same scores (sorted, exactly) and, row by row in (score, label, box) order, the same labels and boxes
-    within 1e-3 px; with the largest differences seen."""
+def agreement(detector: Detector, frames: list, batch: int, path: str = "batched") -> str:
+    """Whether ``path`` (batched or graphs) gave torchvision's detections on one batch: per image the same
+    count, the same scores (sorted, exactly) and, row by row in (score, label, box) order, the same labels
+    and boxes within 1e-3 px; with the largest differences seen."""
     tensors = detector.preprocess(frames[:batch])
     want = run_path(detector, "torchvision", tensors)
-    got = run_path(detector, "batched", tensors)
+    run_path(detector, path, tensors)  # graphs: a new shape's first batch runs uncaptured, the second replays
+    got = run_path(detector, path, tensors)
     same, score_diff, box_diff = 0, 0.0, 0.0
     for a, b in zip(want, got, strict=True):
         if len(a) != len(b):
@@ -249,9 +256,11 @@ def main() -> None:
     ap.add_argument("--decoders", action="store_true",
                     help="first time the decoding stage alone (OpenCV, PyAV on the CPU, NVDEC) on an H.264 copy "
                     "of --frames frames of the video")  # fmt: skip
-    ap.add_argument("--paths", choices=("both", *PATHS), default="both",
+    ap.add_argument("--paths", choices=("both", "all", *PATHS), default="both",
                     help="the torch engine's path(s) to time: torchvision's own forward, the batched sync-free one "
-                         "(the CUDA default), or both in the same run (default) for the ratio")  # fmt: skip
+                         "(the CUDA default), both in the same run (default) for the ratio, or all three with "
+                         "the batched path as CUDA graphs")  # fmt: skip
+    ap.add_argument("--cuda-graphs", action="store_true", help="add the batched path as CUDA graphs (graphs)")
     args = ap.parse_args()
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
@@ -279,7 +288,9 @@ def main() -> None:
                     continue
                 print(decode_stage(copy, decoder, gpu), flush=True)
             print()
-    paths = list(PATHS) if args.paths == "both" else [args.paths]
+    paths = {"both": ["torchvision", "batched"], "all": list(PATHS)}.get(args.paths, [args.paths])
+    if args.cuda_graphs and "graphs" not in paths:
+        paths.append("graphs")
     print("| model | weights | precision | compile | path | syncs/batch | batch | model only, frames/s "
           "| detect threads | end to end, frames/s | boxes/frame | first batch, s |")  # fmt: skip
     print("|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -301,7 +312,8 @@ def main() -> None:
                     print(f"| {name} | {kind} | {precision} | {'on' if compiled else 'off'} | {path} | - | - "
                           "| not covered | | | | |", flush=True)  # fmt: skip
                     continue
-                syncs = syncs_per_batch(detector, frames, max(args.batches))
+                # a dispatch mode cannot watch a captured graph: the graphs path runs the batched path's ops
+                syncs = "as batched" if path == "graphs" else syncs_per_batch(detector, frames, max(args.batches))
                 for batch in args.batches:
                     mo, warm = model_only(detector, frames, batch, args.rounds)
                     for threads in args.detect_threads:
@@ -312,11 +324,13 @@ def main() -> None:
                               flush=True)  # fmt: skip
                         if args.stages:
                             print("\n" + table + "\n", flush=True)
-            if len(paths) == 2 and use_path(detector, "batched"):
-                check = agreement(detector, frames, max(args.batches))
+            for fast_path in (p for p in ("batched", "graphs") if p in paths and "torchvision" in paths):
+                if not use_path(detector, fast_path):
+                    continue
+                check = agreement(detector, frames, max(args.batches), fast_path)
                 fast = detector.engine.batched if isinstance(detector.engine, TorchEngine) else None
                 redone = f"; {fast.fallbacks} of {fast.images} images redone by torchvision" if fast else ""
-                checks.append(f"- {name} {precision}{' compiled' if compiled else ''}, batch "
+                checks.append(f"- {name} {precision}{' compiled' if compiled else ''}, {fast_path}, batch "
                               f"{max(args.batches)}: {check}{redone}")  # fmt: skip
             if args.profile:
                 for path in paths:

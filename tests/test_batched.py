@@ -383,3 +383,67 @@ def test_the_engine_forced_on_gives_torchvisions_results(frames, monkeypatch) ->
     monkeypatch.setenv(BATCHED_ENV, "fast")
     with pytest.raises(ConfigError, match="DETECTOR_BATCHED must be auto, on or off, got 'fast'"):
         engine.use_batched()
+
+
+@pytest.mark.parametrize("name", list(BUILDERS), ids=list(SHORT.values()))
+def test_cuda_graphs_capture_the_device_part_whole_with_the_same_results(name, frames, models, reference) -> None:
+    """use_graphs(): the device part is captured by torch.compile's cudagraphs backend with fullgraph=True (a
+    graph break raises), once per input shape, from its second batch on; on the CPU the captured graph runs
+    without a CUDA graph and gives the uncaptured path's packed results bit for bit, so torchvision's. (The
+    replay on a GPU is the device benchmark's: ``benchmarks/gpu.py --cuda-graphs``.)"""
+    from torch._dynamo.utils import counters
+
+    batch = [frames[i] for i in (0, 6, 2)]
+    expected, _ = reference(name, batch)  # first: torchvision's pooler keeps its scales, which the capture reads
+    plain = fast_path(models[name])
+    want = plain.run_device(batch).packed
+    captured = fast_path(models[name])
+    captured.use_graphs()
+    assert captured.graphs
+    before = counters["stats"]["unique_graphs"]
+    first = captured.run_device(batch)  # a new shape: uncaptured, filling the anchor and scale caches
+    assert counters["stats"]["unique_graphs"] == before and torch.equal(first.packed, want)
+    state = captured.run_device(batch)
+    assert counters["stats"]["unique_graphs"] == before + 1, "one graph for the whole device part"
+    assert torch.equal(state.packed, want)
+    for e, g in zip(expected, captured.unpack(state.packed.cpu(), state), strict=True):
+        assert_same(e, g)
+    again = captured.run_device(batch)  # the same shapes: replayed, not captured again
+    assert counters["stats"]["unique_graphs"] == before + 1 and torch.equal(again.packed, want)
+    captured.use_graphs(False)
+    assert not captured.graphs and torch.equal(captured.run_device(batch).packed, want)
+
+
+def test_cuda_graphs_keep_the_fallback_exact(frames, models, reference) -> None:
+    """Captured, a fixed size too small still flags every image and torchvision redoes them from the
+    captured graph's features: the results are still exact."""
+    batch = [frames[0], frames[6], frames[2]]
+    fast = fast_path(models["fasterrcnn_resnet50_fpn"], nms_iterations=0, roi_topk=20)
+    fast.use_graphs()
+    fast(batch)  # the first batch of a shape runs uncaptured
+    got = fast(batch)
+    expected, _ = reference("fasterrcnn_resnet50_fpn", batch)
+    for e, g in zip(expected, got, strict=True):
+        assert_same(e, g)
+    assert (fast.images, fast.fallbacks) == (6, 6)
+
+
+def test_the_engine_takes_cuda_graphs_from_the_environment(monkeypatch, caplog) -> None:
+    """DETECTOR_CUDA_GRAPHS=on captures the batched path's device part; without the batched path it says it
+    runs without them; a bad value is one line."""
+    from detector.engines.torch_engine import GRAPHS_ENV, graphs_wanted
+    from detector.errors import ConfigError
+
+    model = build("retinanet_resnet50_fpn", **SMALL)
+    monkeypatch.setenv(GRAPHS_ENV, "on")
+    engine = TorchEngine(model, device=torch.device("cpu"), batched="on")
+    assert engine.cuda_graphs and engine.batched is not None and engine.batched.graphs
+    assert engine.use_batched("off") is False
+    assert "CUDA graphs (DETECTOR_CUDA_GRAPHS) apply to the batched path" in caplog.text
+    assert engine.use_batched("on") is True and engine.batched.graphs
+    monkeypatch.setenv(GRAPHS_ENV, "off")
+    assert not TorchEngine(model, device=torch.device("cpu"), batched="on").batched.graphs
+    assert graphs_wanted(True) and not graphs_wanted(False)
+    monkeypatch.setenv(GRAPHS_ENV, "yes")
+    with pytest.raises(ConfigError, match="DETECTOR_CUDA_GRAPHS must be on or off, got 'yes'"):
+        graphs_wanted()

@@ -12,7 +12,8 @@ On CUDA the four torchvision ResNet-50-FPN detectors (Faster R-CNN and RetinaNet
 default through the batched, sync-free path of :mod:`detector.models.batched` (the same modules and
 weights, torchvision's results, one host copy per batch); elsewhere, and for any other model,
 through the model's own forward. ``$DETECTOR_BATCHED`` (``auto``, ``on``, ``off``) or the engine's
-``batched`` argument forces it either way.
+``batched`` argument forces it either way. ``$DETECTOR_CUDA_GRAPHS=on`` (or ``cuda_graphs=True``) runs that
+path's device part as captured CUDA graphs (:meth:`detector.models.batched.BatchedDetector.use_graphs`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,21 @@ BATCHED_ENV = "DETECTOR_BATCHED"
 """``auto`` (the default: the batched path on CUDA for the models it covers), ``on`` (wherever it covers
 the model, the CPU included) or ``off`` (the model's own forward)."""
 BATCHED_MODES = ("auto", "on", "off")
+
+GRAPHS_ENV = "DETECTOR_CUDA_GRAPHS"
+"""``on`` runs the batched path's device part as CUDA graphs; ``off`` (the default) does not."""
+
+
+def graphs_wanted(value: bool | None = None) -> bool:
+    """``value``, else ``$DETECTOR_CUDA_GRAPHS`` (``on``/``off``, default off)."""
+    if value is not None:
+        return value
+    given = os.environ.get(GRAPHS_ENV, "")
+    mode = given.strip().lower() or "off"
+    if mode not in ("on", "off"):
+        raise ConfigError(f"{GRAPHS_ENV} must be on or off, got {given!r}")
+    return mode == "on"
+
 
 AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -128,6 +144,7 @@ class TorchEngine:
         channels_last: bool = False,
         compile: bool = False,
         batched: str | None = None,
+        cuda_graphs: bool | None = None,
     ) -> None:
         model = model.to(device).eval()
         if channels_last:
@@ -146,6 +163,8 @@ class TorchEngine:
         self.batched: BatchedDetector | None = None
         self._covered: tuple[BatchedDetector | None] | None = None
         """The batched, sync-free path in use (see :meth:`use_batched`), or None: the model's own forward."""
+        self.cuda_graphs = graphs_wanted(cuda_graphs)
+        """Run the batched path's device part as CUDA graphs (``$DETECTOR_CUDA_GRAPHS``)."""
         self.use_batched(batched)
 
     def use_batched(self, mode: str | None = None) -> bool:
@@ -163,6 +182,13 @@ class TorchEngine:
             wrapper = self._covered[0]
             if wrapper is None and mode == "on":
                 log.warning("%s: no batched path covers this model; it runs its own forward", type(self.model).__name__)
+        if wrapper is not None and wrapper.graphs != self.cuda_graphs:
+            wrapper.use_graphs(self.cuda_graphs)
+        if self.cuda_graphs and wrapper is None:
+            log.warning("CUDA graphs (%s) apply to the batched path, not in use here (%s, %s): running without them",
+                        GRAPHS_ENV, type(self.model).__name__, self.device)  # fmt: skip
+        elif self.cuda_graphs and self.device.type != "cuda":
+            log.info("CUDA graphs: on %s the captured device part runs without them", self.device)
         self.batched = wrapper
         log.debug("torch engine: %s path", "batched" if wrapper is not None else "the model's own")
         return wrapper is not None

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -183,6 +184,10 @@ class BatchedDetector:
         self.nms_iterations = nms_iterations
         self._constants: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
         self._anchors: dict[tuple[Any, ...], Tensor] = {}
+        self._device: Callable[..., tuple[Tensor, dict[str, Tensor], Any]] = self._core
+        self.graphs = False
+        """Whether the device part runs as captured CUDA graphs (:meth:`use_graphs`)."""
+        self._seen: set[tuple[Any, ...]] = set()
         self.images = 0
         """Images unpacked so far."""
         self.fallbacks = 0
@@ -199,8 +204,40 @@ class BatchedDetector:
         host = batch.packed.cpu()
         return self.unpack(host, batch)
 
+    def use_graphs(self, on: bool = True) -> None:
+        """Run the device part -- from the padded batch to the packed result, after the host-side resize --
+        as CUDA graphs: captured whole by ``torch.compile(backend="cudagraphs", fullgraph=True,
+        dynamic=False)`` (a graph break is an error, never a silent split; no code generation, so the same
+        kernels and the same results as without), then replayed, one launch instead of thousands. Each new
+        input shape (batch size, padded size, image sizes) captures again: made for a video or camera, whose
+        frames share a size (the first batch of a shape runs uncaptured, the second captures; the last, shorter
+        batch of a video runs uncaptured). Where the tensors are not on a CUDA
+        device the captured graph runs as it is (no CUDA graph): what the CPU tests check. The outputs of a
+        replay live until the next one; :meth:`__call__` reads them first."""
+        captured = torch.compile(self._core, backend="cudagraphs", fullgraph=True, dynamic=False)
+        self._device = captured if on else self._core
+        self.graphs = on
+
+    @torch.no_grad()
     def run_device(self, images: list[Tensor]) -> _Batch:
         """Everything up to the single host copy: no syncs (one small host-to-device copy of image sizes)."""
+        padded, image_sizes, original_sizes, sizes = self._start(images)
+        device = self._device
+        if self.graphs:
+            # A new shape runs uncaptured first: it fills the host-side caches (anchors, pooling scales) that
+            # the capture would otherwise see change, and capture again for, on the next call.
+            shape = (tuple(padded.shape), tuple(image_sizes))
+            if shape not in self._seen:
+                self._seen.add(shape)
+                device = self._core
+        packed, features, heads = device(padded, sizes, image_sizes)
+        detections = (packed.shape[1] - 2) // _COLUMNS
+        return _Batch(packed, features, padded, image_sizes, original_sizes, detections, heads)
+
+    def _core(
+        self, padded: Tensor, sizes: Tensor, image_sizes: list[tuple[int, int]]
+    ) -> tuple[Tensor, dict[str, Tensor], Any]:
+        """The device part: packed results, the features and what the fallback needs besides them."""
         raise NotImplementedError
 
     def unpack(self, host: Tensor, batch: _Batch) -> list[dict[str, Tensor]]:
@@ -324,15 +361,14 @@ class BatchedFasterRCNN(BatchedDetector):
         self.roi_topk = roi_topk
         self._scales: dict[tuple[Any, ...], tuple[list[float], Any]] = {}
 
-    @torch.no_grad()
-    def run_device(self, images: list[Tensor]) -> _Batch:
-        """Everything up to the single host copy: no syncs (one small host-to-device copy of image sizes)."""
-        padded, image_sizes, original_sizes, sizes = self._start(images)
+    def _core(
+        self, padded: Tensor, sizes: Tensor, image_sizes: list[tuple[int, int]]
+    ) -> tuple[Tensor, dict[str, Tensor], Any]:
         features = self.model.backbone(padded)
         proposals, proposal_valid, rpn_converged = self._rpn(padded, image_sizes, features, sizes)
         boxes, scores, labels, counts, roi_ok = self._roi_heads(features, proposals, proposal_valid, sizes, image_sizes)
-        packed, detections = self._pack(boxes, scores, labels, counts, ~(rpn_converged & roi_ok), sizes)
-        return _Batch(packed, features, padded, image_sizes, original_sizes, detections)
+        packed, _ = self._pack(boxes, scores, labels, counts, ~(rpn_converged & roi_ok), sizes)
+        return packed, features, None
 
     # -- region proposals ---------------------------------------------------------------------------------
 

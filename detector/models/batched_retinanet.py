@@ -45,10 +45,9 @@ class BatchedRetinaNet(BatchedDetector):
         super().__init__(model, nms_iterations=nms_iterations)
         self.nms_topk = nms_topk
 
-    @torch.no_grad()
-    def run_device(self, images: list[Tensor]) -> _Batch:
-        """Everything up to the single host copy: no syncs (one small host-to-device copy of image sizes)."""
-        padded, image_sizes, original_sizes, sizes = self._start(images)
+    def _core(
+        self, padded: Tensor, sizes: Tensor, image_sizes: list[tuple[int, int]]
+    ) -> tuple[Tensor, dict[str, Tensor], Any]:
         features = self.model.backbone(padded)
         if isinstance(features, Tensor):
             features = {"0": features}
@@ -56,8 +55,8 @@ class BatchedRetinaNet(BatchedDetector):
         head_outputs = self.model.head(feats)
         anchors = self._anchors_for(self.model.anchor_generator, padded, image_sizes, feats)
         boxes, scores, labels, counts, ok = self._postprocess(head_outputs, anchors, feats, sizes)
-        packed, detections = self._pack(boxes, scores, labels, counts, ~ok, sizes)
-        return _Batch(packed, features, padded, image_sizes, original_sizes, detections, (head_outputs, anchors))
+        packed, _ = self._pack(boxes, scores, labels, counts, ~ok, sizes)
+        return packed, features, (head_outputs, anchors)
 
     def _postprocess(
         self, head_outputs: dict[str, Tensor], anchors: Tensor, feats: list[Tensor], sizes: Tensor
