@@ -106,3 +106,23 @@ def from_json(record: dict) -> Detections:
     return Detections(np.array([d["box"] for d in dets], np.float32).reshape(-1, 4),
                       np.array([d["score"] for d in dets], np.float32),
                       np.array([d["label"] for d in dets], np.int64))  # fmt: skip
+
+
+@pytest.mark.parametrize("model", ["fasterrcnn_resnet50_fpn", "retinanet_resnet50_fpn"])
+def test_cuda_graphs_replay_gives_the_batched_paths_detections(model: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DETECTOR_CUDA_GRAPHS=on on the GPU: the first batch of a shape runs uncaptured, the next ones replay
+    the captured graph; every batch gives what the batched path gives without graphs (the same kernels),
+    and a replay's results survive the next replay (they are copied to the host first)."""
+    frames = read_frames(DEMO, [0, 5, 10, 15])
+    _, plain = pair(model)
+    monkeypatch.setenv("DETECTOR_CUDA_GRAPHS", "on")
+    _, graphs = pair(model)
+    assert graphs.engine.batched is not None and graphs.engine.batched.graphs
+    with no_tf32():
+        want = [plain(frames[:2]), plain(frames[2:])]
+        got = [graphs(frames[:2]) for _ in range(3)] + [graphs(frames[2:])]
+    for batch in got[:3]:
+        for a, b in zip(want[0], batch, strict=True):
+            assert_same_detections(a, b)
+    for a, b in zip(want[1], got[3], strict=True):
+        assert_same_detections(a, b)
