@@ -96,3 +96,22 @@ def test_truncated_warning_only_for_a_real_shortfall(tmp_path: Path, caplog: pyt
             source.info = dataclasses.replace(source.info, frame_count=announced)
             assert sum(1 for _ in source) == 60
         assert ("truncated" in caplog.text) is warns, (announced, caplog.text)
+
+
+def test_an_estimated_frame_count_is_not_called_damage(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """MPEG-TS stores no frame count: OpenCV multiplies the container's duration -- here a 2.5 s audio
+    track's, beside 24 frames at 25 fps -- by the frame rate. Ending short of that guess is said at INFO
+    with why, not warned about as a truncated file; a stored count (MP4) still warns (above)."""
+    from detector.io.sources import count_is_estimated
+
+    from .test_nvdec import write_video
+
+    ts = write_video(tmp_path / "audio.ts", audio=2.5)
+    assert count_is_estimated(ts) and not count_is_estimated(DEMO)
+    assert not count_is_estimated(tmp_path / "missing.ts")
+    caplog.set_level(logging.INFO)
+    with VideoFileSource(ts) as source:
+        assert source.info.frame_count is not None and source.info.frame_count > 24 + 10
+        assert sum(1 for _ in source) == 24
+    assert "truncated" not in caplog.text
+    assert "was an estimate from the file's duration" in caplog.text

@@ -223,13 +223,34 @@ class VideoFileSource(Source):
             return
         expected = min(announced, self.end or announced)
         if expected - decoded > max(10, 0.02 * expected):
-            log.warning("%s ended after %d of %d announced frames; the file may be truncated or damaged",
-                        self.info.path, decoded, announced)  # fmt: skip
+            if count_is_estimated(self.info.path):
+                log.info("%s ended after %d frames; its %d was an estimate from the file's duration (the file "
+                         "stores no frame count), which a longer audio track stretches", self.info.path, decoded,
+                         announced)  # fmt: skip
+            else:
+                log.warning("%s ended after %d of %d announced frames; the file may be truncated or damaged",
+                            self.info.path, decoded, announced)  # fmt: skip
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
             self._cap.release()
+
+
+def count_is_estimated(path: str | Path) -> bool:
+    """Whether ``path``'s video stream stores no frame count (MPEG-TS, most Matroska/WebM), so OpenCV's
+    ``CAP_PROP_FRAME_COUNT`` was its duration times its frame rate -- the container's duration, an audio
+    track's when that runs longer. Read with PyAV (installed with detector); False when it cannot tell."""
+    try:
+        import av
+    except ImportError:
+        return False
+    try:
+        with av.open(str(path)) as container:
+            video = next((s for s in container.streams if s.type == "video"), None)
+            return video is not None and not video.frames
+    except Exception:  # noqa: BLE001 (any failure: the count is taken as stored, and the warning stands)
+        return False
 
 
 def _glob_paths(pattern: str) -> list[Path]:
