@@ -447,3 +447,45 @@ def test_the_engine_takes_cuda_graphs_from_the_environment(monkeypatch, caplog) 
     monkeypatch.setenv(GRAPHS_ENV, "yes")
     with pytest.raises(ConfigError, match="DETECTOR_CUDA_GRAPHS must be on or off, got 'yes'"):
         graphs_wanted()
+
+
+@pytest.mark.parametrize("graphs", [True, False], ids=["graphs", "plain"])
+def test_cuda_graphs_take_one_batch_at_a_time(graphs, frames, models, reference) -> None:
+    """Several detect threads share one engine: with graphs on they take turns for the device part (a
+    replay's outputs live only until the next replay), without graphs they may overlap; results exact."""
+    import threading
+    import time
+
+    fast = fast_path(models["retinanet_resnet50_fpn"])
+    fast.graphs = graphs  # the turn-taking alone: the capture itself is tested above
+    inner, inside, most = fast._core, [0], [0]
+    lock = threading.Lock()
+
+    def tracked(*args: Any) -> Any:
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.3)
+        try:
+            return inner(*args)
+        finally:
+            with lock:
+                inside[0] -= 1
+
+    fast._core = fast._device = tracked  # type: ignore[method-assign]
+    batch = [frames[1], frames[7]]
+    results: list[Any] = [None, None]
+
+    def detect(i: int) -> None:
+        results[i] = fast(batch)
+
+    threads = [threading.Thread(target=detect, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert most[0] == (1 if graphs else 2)
+    expected, _ = reference("retinanet_resnet50_fpn", batch)
+    for got in results:
+        for e, g in zip(expected, got, strict=True):
+            assert_same(e, g)

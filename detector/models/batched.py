@@ -16,7 +16,9 @@ silently differs.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -188,6 +190,7 @@ class BatchedDetector:
         self.graphs = False
         """Whether the device part runs as captured CUDA graphs (:meth:`use_graphs`)."""
         self._seen: set[tuple[Any, ...]] = set()
+        self._replaying = threading.Lock()
         self.images = 0
         """Images unpacked so far."""
         self.fallbacks = 0
@@ -200,9 +203,12 @@ class BatchedDetector:
         """Detect on a batch; one device-to-host copy, plus torchvision's heads for a flagged batch."""
         if not images:
             return []
-        batch = self.run_device(images)
-        host = batch.packed.cpu()
-        return self.unpack(host, batch)
+        # Captured graphs: one batch at a time (detect threads included), as a replay's outputs -- read by
+        # the host copy and by a fallback -- live only until the next replay.
+        with self._replaying if self.graphs else contextlib.nullcontext():
+            batch = self.run_device(images)
+            host = batch.packed.cpu()
+            return self.unpack(host, batch)
 
     def use_graphs(self, on: bool = True) -> None:
         """Run the device part -- from the padded batch to the packed result, after the host-side resize --
@@ -213,7 +219,8 @@ class BatchedDetector:
         frames share a size (the first batch of a shape runs uncaptured, the second captures; the last, shorter
         batch of a video runs uncaptured). Where the tensors are not on a CUDA
         device the captured graph runs as it is (no CUDA graph): what the CPU tests check. The outputs of a
-        replay live until the next one; :meth:`__call__` reads them first."""
+        replay live until the next one: :meth:`__call__` reads them first, and runs one batch at a time
+        (several detect threads take turns for the device part; without graphs they overlap)."""
         captured = torch.compile(self._core, backend="cudagraphs", fullgraph=True, dynamic=False)
         self._device = captured if on else self._core
         self.graphs = on
