@@ -386,7 +386,9 @@ def test_the_engine_forced_on_gives_torchvisions_results(frames, monkeypatch) ->
 
 
 @pytest.mark.parametrize("name", list(BUILDERS), ids=list(SHORT.values()))
-def test_cuda_graphs_capture_the_device_part_whole_with_the_same_results(name, frames, models, reference) -> None:
+def test_cuda_graphs_capture_the_device_part_whole_with_the_same_results(
+    name, frames, models, reference, monkeypatch
+) -> None:
     """use_graphs(): the device part is captured by torch.compile's cudagraphs backend with fullgraph=True (a
     graph break raises), once per input shape, from its second batch on; on the CPU the captured graph runs
     without a CUDA graph and gives the uncaptured path's packed results bit for bit, so torchvision's. (The
@@ -400,6 +402,8 @@ def test_cuda_graphs_capture_the_device_part_whole_with_the_same_results(name, f
     captured = fast_path(models[name])
     captured.use_graphs()
     assert captured.graphs
+    steps: list[int] = []  # each replay starts a new CUDA graph tree step (its previous outputs, read, may go)
+    monkeypatch.setattr("detector.models.batched._mark_step_begin", lambda: steps.append(1))
     before = counters["stats"]["unique_graphs"]
     first = captured.run_device(batch)  # a new shape: uncaptured, filling the anchor and scale caches
     assert counters["stats"]["unique_graphs"] == before and torch.equal(first.packed, want)
@@ -410,6 +414,7 @@ def test_cuda_graphs_capture_the_device_part_whole_with_the_same_results(name, f
         assert_same(e, g)
     again = captured.run_device(batch)  # the same shapes: replayed, not captured again
     assert counters["stats"]["unique_graphs"] == before + 1 and torch.equal(again.packed, want)
+    assert len(steps) == 2, "a step for each captured call, none for the uncaptured first"
     captured.use_graphs(False)
     assert not captured.graphs and torch.equal(captured.run_device(batch).packed, want)
 

@@ -175,6 +175,15 @@ class _Batch:
     """What a fallback needs besides the features (RetinaNet: its head outputs and anchors)."""
 
 
+def _mark_step_begin() -> None:
+    """torch.compiler's "a new step begins" for CUDA graph trees (``cudagraph_mark_step_begin``; named
+    ``mark_step_begin`` before), where this torch has it."""
+    compiler = torch.compiler
+    mark = getattr(compiler, "cudagraph_mark_step_begin", None) or getattr(compiler, "mark_step_begin", None)
+    if mark is not None:
+        mark()
+
+
 class BatchedDetector:
     """What the batched paths share: device preprocessing, cached anchors, one packed result tensor per
     batch (one host copy), and per-image fallback flags answered with torchvision's own code."""
@@ -237,6 +246,11 @@ class BatchedDetector:
             if shape not in self._seen:
                 self._seen.add(shape)
                 device = self._core
+            else:
+                # A new step: the previous replay's outputs, read already, may be overwritten. Said outright:
+                # before torch's fix of the cudagraphs backend under inference mode (pytorch#174713, 2026-02)
+                # a replay without it refused to overwrite them.
+                _mark_step_begin()
         packed, features, heads = device(padded, sizes, image_sizes)
         detections = (packed.shape[1] - 2) // _COLUMNS
         return _Batch(packed, features, padded, image_sizes, original_sizes, detections, heads)
