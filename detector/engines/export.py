@@ -275,12 +275,6 @@ def export_from_config(cfg: DetectorConfig, *, fmt: str, out: Path, progress: bo
             "for fine-tuned weights pass --model <registry name> --weights FILE.pth"
         )
     calibration = calibration_for(cfg)
-    if calibration is not None:
-        from .openvino_engine import say_int8_is_slower_here
-        from .quantize import needs_overflow_fix
-
-        if needs_overflow_fix():  # before the quantization (a minute or more), not after
-            say_int8_is_slower_here()
     model, class_names, _ = build_model(cfg, progress=progress)
     sha = weights_sha256(cfg, model)
     export_model(model, cfg, class_names, out, fmt=fmt, weights_sha=sha, progress=progress, calibration=calibration)
@@ -289,13 +283,19 @@ def export_from_config(cfg: DetectorConfig, *, fmt: str, out: Path, progress: bo
 
 def calibration_for(cfg: DetectorConfig) -> CalibrationSet | None:
     """int8's calibration frames: ``cfg.calibration`` (a video or an image folder), else the shipped
-    demo clip; None for other precisions. Read before any export, so a bad path fails at once."""
+    demo clip; None for other precisions. Read before any export, so a bad path fails at once; on a CPU
+    without int8 dot products it also says, then, that int8 will be slower there (not after a quantization
+    of a minute or more)."""
     if cfg.precision != "int8":
         return None
     from ..resources import DEMO_CLIP
-    from .quantize import read_calibration
+    from .openvino_engine import say_int8_is_slower_here
+    from .quantize import needs_overflow_fix, read_calibration
 
-    return read_calibration(cfg.calibration or DEMO_CLIP)
+    calibration = read_calibration(cfg.calibration or DEMO_CLIP)
+    if needs_overflow_fix():
+        say_int8_is_slower_here()
+    return calibration
 
 
 def describe(sidecar: Sidecar) -> str:

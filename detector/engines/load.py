@@ -153,12 +153,10 @@ def load_cached(cfg: DetectorConfig, *, progress: bool = True) -> tuple[Engine, 
         model, names, _ = build_model(cfg, progress=progress)
     sha = weights_sha256(cfg, model)
     key = calibration.key if calibration else None
-    from .openvino_engine import say_int8_is_slower_here
     from .quantize import NO_VNNI_CACHE_TAG, needs_overflow_fix
 
     if key is not None and needs_overflow_fix():  # quantized for a CPU without VNNI (7-bit weights, convs only)
         key += NO_VNNI_CACHE_TAG
-        say_int8_is_slower_here()  # now, not after a quantization of a minute or more
     entry = exports_dir() / f"{cfg.model}-{cache_key(cfg, sha, fmt, key)}"
     path = entry / ("model.xml" if fmt == "openvino" else "model.onnx")
     hit = _open_cached(path, cfg)

@@ -258,12 +258,12 @@ def box_head_as_convolutions(model: Any) -> bool:
         if w.dtype != np.float32 or w.ndim != 2:
             return False
         features = product.input_value(0)
+        if features.get_partial_shape().rank.is_dynamic or features.get_partial_shape().rank.get_length() != 2:
+            return False
         flatten = features.get_node()
         shape = flatten.input_value(0).get_partial_shape() if flatten.get_type_name() == "Reshape" else None
         if (
             shape is not None
-            and features.get_partial_shape().rank.is_static
-            and features.get_partial_shape().rank.get_length() == 2
             and shape.rank.is_static
             and shape.rank.get_length() == 4
             and all(d.is_static for d in shape[1:])
@@ -273,10 +273,8 @@ def box_head_as_convolutions(model: Any) -> bool:
                 return False
             pooled, rows = _row_gather(flatten.input_value(0))
             plan.append((product, pooled, w.reshape(w.shape[0], c, kh, kw), rows))
-        elif features.get_partial_shape().rank.is_static and features.get_partial_shape().rank.get_length() == 2:
-            plan.append((product, None, w.reshape(*w.shape, 1, 1), None))
         else:
-            return False
+            plan.append((product, None, w.reshape(*w.shape, 1, 1), None))
     if not plan:
         return False
     made: dict[int, tuple[Any, Any]] = {}  # an output node made here (instance id) -> its (N, C, 1, 1) source, rows

@@ -46,15 +46,20 @@ GRAPHS_ENV = "DETECTOR_CUDA_GRAPHS"
 """``on`` runs the batched path's device part as CUDA graphs; ``off`` (the default) does not."""
 
 
+def _mode(given: str, modes: tuple[str, ...], default: str, source: str) -> str:
+    """``given`` as one of ``modes`` (case and spaces aside; empty is ``default``), or a one-line error
+    naming ``source``."""
+    mode = given.strip().lower() or default
+    if mode not in modes:
+        raise ConfigError(f"{source} must be {', '.join(modes[:-1])} or {modes[-1]}, got {given!r}")
+    return mode
+
+
 def graphs_wanted(value: bool | None = None) -> bool:
     """``value``, else ``$DETECTOR_CUDA_GRAPHS`` (``on``/``off``, default off)."""
     if value is not None:
         return value
-    given = os.environ.get(GRAPHS_ENV, "")
-    mode = given.strip().lower() or "off"
-    if mode not in ("on", "off"):
-        raise ConfigError(f"{GRAPHS_ENV} must be on or off, got {given!r}")
-    return mode == "on"
+    return _mode(os.environ.get(GRAPHS_ENV, ""), ("on", "off"), "off", GRAPHS_ENV) == "on"
 
 
 AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -122,12 +127,9 @@ def compile_parts(model: nn.Module) -> list[nn.Module]:
 
 def batched_mode(value: str | None = None) -> str:
     """``value``, else ``$DETECTOR_BATCHED``, else ``auto``; checked against :data:`BATCHED_MODES`."""
-    given = os.environ.get(BATCHED_ENV, "") if value is None else value
-    mode = given.strip().lower() or "auto"
-    if mode not in BATCHED_MODES:
-        source = BATCHED_ENV if value is None else "batched"
-        raise ConfigError(f"{source} must be auto, on or off, got {given!r}")
-    return mode
+    if value is None:
+        return _mode(os.environ.get(BATCHED_ENV, ""), BATCHED_MODES, "auto", BATCHED_ENV)
+    return _mode(value, BATCHED_MODES, "auto", "batched")
 
 
 class TorchEngine:

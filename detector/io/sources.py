@@ -333,8 +333,9 @@ def open_source(
     if path.is_dir():
         images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS)
         if not images:
-            _no_folder_of_videos(path, [p for p in path.iterdir() if p.is_file()])
-            others = sum(1 for p in path.iterdir() if p.is_file())
+            files = [p for p in path.iterdir() if p.is_file()]
+            _no_folder_of_videos(path, files)
+            others = len(files)
             what = f"it holds {_files(others)} of other kinds" if others else "it holds no file"
             raise SourceError(f"no images found in {path}, nor videos ({what}); {ACCEPTED}")
         return ImageSource(images, path, "images")

@@ -230,8 +230,9 @@ class BatchedDetector:
         device the captured graph runs as it is (no CUDA graph): what the CPU tests check. The outputs of a
         replay live until the next one: :meth:`__call__` reads them first, and runs one batch at a time
         (several detect threads take turns for the device part; without graphs they overlap)."""
-        captured = torch.compile(self._core, backend="cudagraphs", fullgraph=True, dynamic=False)
-        self._device = captured if on else self._core
+        self._device = (
+            torch.compile(self._core, backend="cudagraphs", fullgraph=True, dynamic=False) if on else self._core
+        )
         self.graphs = on
 
     @torch.no_grad()
@@ -297,11 +298,10 @@ class BatchedDetector:
         return padded, image_sizes, original_sizes, sizes
 
     @staticmethod
-    def _pack(
-        boxes: Tensor, scores: Tensor, labels: Tensor, counts: Tensor, flag: Tensor, sizes: Tensor
-    ) -> tuple[Tensor, int]:
+    def _pack(boxes: Tensor, scores: Tensor, labels: Tensor, counts: Tensor, flag: Tensor, sizes: Tensor) -> Tensor:
         """Boxes back to input pixels as transform.postprocess does (float32 ratio original / resized),
-        then everything in one (B, D * 6 + 2) float tensor: rows, count, fallback flag."""
+        then everything in one (B, D * 6 + 2) float tensor: rows, count, fallback flag (D: see
+        :meth:`run_device`)."""
         n = boxes.shape[0]
         ratio_h = sizes[:, 2] / sizes[:, 0]
         ratio_w = sizes[:, 3] / sizes[:, 1]
@@ -309,7 +309,7 @@ class BatchedDetector:
         boxes = boxes * ratios.to(boxes.dtype)
         per_det = torch.cat((boxes.float(), scores.float()[..., None], labels.float()[..., None]), dim=2)
         packed = torch.cat((per_det.reshape(n, -1), counts.float()[:, None], flag.float()[:, None]), dim=1)
-        return packed, boxes.shape[1]
+        return packed
 
     def _preprocess(self, images: list[Tensor]) -> tuple[Tensor, list[tuple[int, int]], list[tuple[int, int]]]:
         """GeneralizedRCNNTransform's normalise, resize and pad, with the constants kept on the device."""
@@ -388,7 +388,7 @@ class BatchedFasterRCNN(BatchedDetector):
         features = self.model.backbone(padded)
         proposals, proposal_valid, rpn_converged = self._rpn(padded, image_sizes, features, sizes)
         boxes, scores, labels, counts, roi_ok = self._roi_heads(features, proposals, proposal_valid, sizes, image_sizes)
-        packed, _ = self._pack(boxes, scores, labels, counts, ~(rpn_converged & roi_ok), sizes)
+        packed = self._pack(boxes, scores, labels, counts, ~(rpn_converged & roi_ok), sizes)
         return packed, features, None
 
     # -- region proposals ---------------------------------------------------------------------------------

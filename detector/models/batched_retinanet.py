@@ -55,7 +55,7 @@ class BatchedRetinaNet(BatchedDetector):
         head_outputs = self.model.head(feats)
         anchors = self._anchors_for(self.model.anchor_generator, padded, image_sizes, feats)
         boxes, scores, labels, counts, ok = self._postprocess(head_outputs, anchors, feats, sizes)
-        packed, _ = self._pack(boxes, scores, labels, counts, ~ok, sizes)
+        packed = self._pack(boxes, scores, labels, counts, ~ok, sizes)
         return packed, features, (head_outputs, anchors)
 
     def _postprocess(
